@@ -1,0 +1,279 @@
+"""The chapter's models as PyTorch ``nn.Module``s (NCHW), and the hooks the common API calls.
+
+The four backend modules read side by side: the same names in the same order with the same docstrings,
+so that a diff between two of them shows only what differs between the frameworks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from resnet import specs
+from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec, ModelSpec
+
+NAME = "torch"
+LAYOUT = "NCHW"
+
+__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual"]
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose running variance averages the *biased* batch variance, as Keras, Flax and MXNet do.
+
+    PyTorch's own BatchNorm averages the unbiased variance; without this the running statistics, and so
+    every evaluation after training, would differ between backends.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        # native_batch_norm also returns the batch mean and 1/sqrt(var + eps): the biased variance for free.
+        y, mean, invstd = torch.ops.aten.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(invstd.pow(-2) - self.eps, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class LazyBatchNorm2d(nn.LazyBatchNorm2d):
+    """``BatchNorm2d`` above, with its channel count inferred at the first call like the book's."""
+
+    cls_to_become = BatchNorm2d
+
+
+def make_layer(layer: LayerSpec) -> nn.Module:
+    """The native layer for a layer description, its input size inferred at the first call."""
+    if isinstance(layer, ConvSpec):
+        return nn.LazyConv2d(
+            layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, bias=layer.bias
+        )
+    if isinstance(layer, BatchNormSpec):
+        return LazyBatchNorm2d(eps=specs.BN_EPSILON, momentum=specs.BN_MOMENTUM)
+    if isinstance(layer, DenseSpec):
+        return nn.LazyLinear(layer.out_features)
+    raise TypeError(f"unknown layer description {layer!r}")
+
+
+def _add_layers(module: nn.Module, spec: BlockSpec) -> None:
+    """Create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
+    for name, layer in spec.layers().items():
+        setattr(module, name, make_layer(layer))
+
+
+def _check_input(module: nn.Module, x: torch.Tensor) -> None:
+    # The identity shortcut needs the input to have the output's shape; say so instead of a broadcast error.
+    if not module.spec.use_1x1conv:
+        specs.check_block_input(module.spec, x.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class Residual(nn.Module):
+    """The residual block of ResNet: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: put a 1x1 convolution on the shortcut, to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the 1x1 shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> None:
+        super().__init__()
+        self.spec = specs.residual(num_channels, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv3 = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return F.relu(Y + X)
+
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv (each with BN), plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels.
+        groups: the number of groups (cardinality) of the 3x3 convolution, as in the chapter's text and the
+            ResNeXt paper; each group has ``round(num_channels * bot_mul) // groups`` channels. The book's
+            code passes ``bot_channels // groups`` to the convolution, so there ``groups`` is the width of
+            each group: the book's ``ResNeXtBlock(32, 16, 1)`` (2 groups of 16) is ``ResNeXtBlock(32, 2, 1)``.
+        bot_mul: bottleneck width as a multiple of ``num_channels``.
+        use_1x1conv: put a 1x1 convolution and BN on the shortcut.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(
+        self, num_channels: int, groups: int, bot_mul: float, use_1x1conv: bool = False, strides: int = 1
+    ) -> None:
+        super().__init__()
+        self.spec = specs.resnext(num_channels, groups, bot_mul, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv4 = self.bn4 = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.bn4(self.conv4(X))
+        return F.relu(Y + X)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def make_block(spec: BlockSpec) -> nn.Module:
+    """The native block for a block description."""
+    if isinstance(spec, specs.ResidualSpec):
+        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
+    return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+
+
+class ResNet(nn.Module):
+    """The chapter's ResNet: the stem ``b1``, one stage per ``arch`` entry (``b2``, ``b3``...), the head ``last``.
+
+    Args:
+        arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
+            (2, 512))`` for ResNet-18.
+        num_classes: outputs of the final dense layer.
+    """
+
+    def __init__(self, arch: Sequence[Sequence[int]], num_classes: int = 10) -> None:
+        super().__init__()
+        self.spec = specs.book_resnet(arch, num_classes)
+        parts: OrderedDict[str, nn.Module] = OrderedDict(b1=self.b1())
+        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, arch):
+            parts[stage_name] = self.block(num_residuals, num_channels, first_block=stage_name == "b2")
+        parts["last"] = nn.Sequential(
+            OrderedDict(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=make_layer(DenseSpec(num_classes)))
+        )
+        self.net = nn.Sequential(parts)
+
+    def b1(self) -> nn.Sequential:
+        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        layers, pool = self.spec.stem.layers(), self.spec.stem.pool
+        return nn.Sequential(
+            OrderedDict(
+                conv=make_layer(layers["conv"]),
+                bn=make_layer(layers["bn"]),
+                relu=nn.ReLU(),
+                pool=nn.MaxPool2d(pool.kernel, pool.stride, pool.padding),
+            )
+        )
+
+    def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.Sequential:
+        """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
+        return nn.Sequential(*(make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.net(X)
+
+
+class ResNet18(ResNet):
+    """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes)
+
+
+# ------------------------------------------------------------------------------- common-API hooks
+
+
+def is_native_model(obj: Any) -> bool:
+    """True if ``obj`` is a block or model of this backend."""
+    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+
+
+def spec_of(model: Any) -> BlockSpec | ModelSpec:
+    """The architecture description the model was built from."""
+    return model.spec
+
+
+def to_native(x: np.ndarray) -> torch.Tensor:
+    """A float32 NCHW NumPy array as a native tensor (NCHW: no transposition)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def to_numpy(y: torch.Tensor) -> np.ndarray:
+    """A native tensor as a NumPy array in NCHW order."""
+    return y.detach().cpu().numpy()
+
+
+def is_built(model: nn.Module) -> bool:
+    """True once every lazy layer knows its input size and has its weights."""
+    return not any(nn.parameter.is_lazy(p) for p in model.parameters())
+
+
+def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
+    if not is_built(model):
+        apply(model, torch.zeros(input_shape), training=False)
+
+
+def apply(model: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """Run the model; in training mode BatchNorm uses batch statistics and updates its running averages."""
+    was_training = model.training
+    model.train(training)
+    try:
+        if training:
+            return model(x)
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was_training)
+
+
+def part_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, output) of each top-level part of a ResNet in inference mode; one entry for a block."""
+    if not isinstance(model, ResNet):
+        return [(type(model).__name__, apply(model, x, training=False))]
+    outputs = []
+    for name, part in model.net.named_children():
+        x = apply(part, x, training=False)
+        outputs.append((name, x))
+    return outputs
+
+
+def trainable_count(model: nn.Module) -> int:
+    """Number of trainable parameters (BatchNorm running statistics are buffers, not parameters)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _native_items(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical name -> native tensor. The module tree uses the canonical names, under ``net.`` for a ResNet."""
+    return {
+        name.removeprefix("net."): tensor
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if not name.endswith("num_batches_tracked")
+    }
+
+
+def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in _native_items(model).items()}
+
+
+def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    native = _native_items(model)
+    with torch.no_grad():
+        for name, value in arrays.items():
+            native[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))

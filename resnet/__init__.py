@@ -1,0 +1,61 @@
+"""ResNet and ResNeXt from the Dive into Deep Learning chapter, in PyTorch, TensorFlow/Keras, JAX/Flax and
+MXNet/Gluon, with the same shapes and the same numbers from the same weights.
+
+``import resnet`` imports no framework. The model names (``resnet.Residual``, ``resnet.ResNeXtBlock``,
+``resnet.ResNet``, ``resnet.ResNet18``) resolve on first access to the selected backend's native classes;
+choose the backend with :func:`set_backend` or the ``RESNET_BACKEND`` environment variable. To use a
+backend without the global choice, import it directly: ``from resnet.backends import jax as rn``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from resnet.api import forward, layer_summary, num_params, output_shape, random_input, summary_lines
+from resnet.selection import BACKENDS, BackendUnavailableError, backend, set_backend
+from resnet.weights import WeightsMismatchError, load_weights, save_weights
+
+__version__ = "0.1.0"
+
+# In a source checkout, backends/ sits beside resnet/ instead of inside it (the installer maps it to
+# resnet.backends). Let the package also look in the checkout's root, so that `resnet.backends` imports
+# from there too, e.g. for `python -m resnet` run in the checkout.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.path.isdir(os.path.join(os.path.dirname(__file__), "backends")) and os.path.isfile(
+    os.path.join(_checkout, "backends", "__init__.py")
+):
+    __path__.append(_checkout)
+
+#: Names looked up in the selected backend's module on first access.
+BACKEND_NAMES: tuple[str, ...] = ("Residual", "ResNeXtBlock", "ResNet", "ResNet18")
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "WeightsMismatchError",
+    "backend",
+    "forward",
+    "layer_summary",
+    "load_weights",
+    "num_params",
+    "output_shape",
+    "random_input",
+    "save_weights",
+    "set_backend",
+    "summary_lines",
+    *BACKEND_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the model classes come from the backend chosen at first use, which is only then imported.
+    if name in BACKEND_NAMES:
+        from resnet.selection import backend_module
+
+        return getattr(backend_module(), name)
+    raise AttributeError(f"module 'resnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(BACKEND_NAMES))

@@ -1,0 +1,57 @@
+"""Shared fixtures: every test that takes ``rn`` runs once per backend installed here, named in its ID.
+
+``RESNET_REQUIRE_BACKENDS`` (comma-separated; set by the nox matrix) makes a missing backend an error
+instead of a smaller matrix, so a broken environment can never pass as green.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import pytest
+
+from resnet.selection import BACKENDS, FRAMEWORK_MODULES
+
+INSTALLED = [name for name in BACKENDS if importlib.util.find_spec(FRAMEWORK_MODULES[name]) is not None]
+REQUIRED = [name.strip() for name in os.environ.get("RESNET_REQUIRE_BACKENDS", "").split(",") if name.strip()]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [name for name in REQUIRED if name not in INSTALLED]
+    if missing:
+        raise pytest.UsageError(
+            f"RESNET_REQUIRE_BACKENDS asks for {', '.join(REQUIRED)} but {', '.join(missing)} is not installed "
+            "in this environment; install it (pip install -e '.[<backend>,test]') or run nox"
+        )
+    if not INSTALLED:
+        raise pytest.UsageError("no backend framework is installed; install one, e.g. pip install -e '.[torch,test]'")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"resnet backends under test: {', '.join(INSTALLED)}"
+
+
+@pytest.fixture(params=INSTALLED, ids=[f"backend={name}" for name in INSTALLED])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The canonical name of the backend under test."""
+    return request.param
+
+
+@pytest.fixture
+def rn(backend_name: str):
+    """The backend module under test, imported directly (no global backend choice involved)."""
+    return importlib.import_module(f"resnet.backends.{backend_name}")
+
+
+@pytest.fixture
+def fresh_selection(monkeypatch: pytest.MonkeyPatch):
+    """A backend choice that starts unmade and is undone after the test."""
+    from resnet import selection
+
+    monkeypatch.setattr(selection, "_chosen", None)
+    monkeypatch.setattr(selection, "_chosen_by", None)
+    monkeypatch.setattr(selection, "_used", False)
+    monkeypatch.delenv("RESNET_BACKEND", raising=False)
+    return selection

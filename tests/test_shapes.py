@@ -1,0 +1,170 @@
+"""Issue 2's shape matrix: every backend gives the chapter's shapes, in NCHW order, and the same counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import resnet
+from resnet import specs
+from resnet.shapes import block_output_shape, model_part_shapes, tensor_infos
+
+CHAPTER_BLOCKS = [
+    pytest.param(lambda rn: rn.Residual(3), (4, 3, 6, 6), (4, 3, 6, 6), id="Residual(3)"),
+    pytest.param(lambda rn: rn.Residual(6, use_1x1conv=True, strides=2), (4, 3, 6, 6), (4, 6, 3, 3), id="Residual(6,1x1,s2)"),
+    pytest.param(lambda rn: rn.ResNeXtBlock(32, 16, 1), (4, 32, 96, 96), (4, 32, 96, 96), id="ResNeXtBlock(32,16,1)"),
+    pytest.param(
+        lambda rn: rn.ResNeXtBlock(64, 16, 0.5, use_1x1conv=True, strides=2), (2, 32, 96, 96), (2, 64, 48, 48),
+        id="ResNeXtBlock(64,16,0.5,1x1,s2)",
+    ),
+]
+
+RESNET18_SUMMARY = [
+    "b1    output shape: (1, 64, 24, 24)",
+    "b2    output shape: (1, 64, 24, 24)",
+    "b3    output shape: (1, 128, 12, 12)",
+    "b4    output shape: (1, 256, 6, 6)",
+    "b5    output shape: (1, 512, 3, 3)",
+    "last  output shape: (1, 10)",
+]
+
+
+def trainable_count(spec, input_shape) -> int:
+    """The parameter count from the description alone (shared arithmetic, no framework)."""
+    return sum(math.prod(info.shape) for info in tensor_infos(spec, input_shape).values() if info.trainable)
+
+
+@pytest.mark.parametrize("make, input_shape, expected", CHAPTER_BLOCKS)
+def test_chapter_block_shapes(rn, make, input_shape, expected):
+    block = make(rn)
+    assert resnet.output_shape(block, input_shape) == expected
+    assert block_output_shape(block.spec, input_shape) == expected
+
+
+@pytest.mark.parametrize("make, input_shape, expected", CHAPTER_BLOCKS)
+def test_chapter_block_num_params(rn, make, input_shape, expected):
+    block = make(rn)
+    assert resnet.num_params(block, input_shape) == trainable_count(block.spec, input_shape)
+
+
+def test_resnet18_layer_summary(rn, capsys):
+    model = rn.ResNet18()
+    resnet.layer_summary(model, (1, 1, 96, 96))
+    assert capsys.readouterr().out.splitlines() == RESNET18_SUMMARY
+
+
+def test_resnet18_num_params_book_value(rn):
+    # 1 input channel, 10 classes, conv biases as in the book
+    assert resnet.num_params(rn.ResNet18(), (1, 1, 96, 96)) == 11_178_378
+
+
+def test_resnet_custom_arch_and_classes(rn):
+    model = rn.ResNet(((1, 64), (1, 96)), num_classes=7)
+    lines = resnet.summary_lines(model, (2, 3, 40, 40))
+    expected = model_part_shapes(model.spec, (2, 3, 40, 40))
+    assert [line.split()[0] for line in lines] == [name for name, _ in expected]
+    assert [line.split("output shape: ")[1] for line in lines] == [str(shape) for _, shape in expected]
+    assert resnet.num_params(model, (2, 3, 40, 40)) == trainable_count(model.spec, (2, 3, 40, 40))
+
+
+def test_block_method_as_in_book(rn):
+    stage = rn.ResNet18().block(2, 128)
+    assert resnet.output_shape(stage[0], (1, 64, 8, 8)) == (1, 128, 4, 4)
+
+
+@pytest.mark.parametrize("size", [7, 13])
+def test_odd_sizes_through_stride_2(rn, size):
+    block = rn.Residual(8, use_1x1conv=True, strides=2)
+    half = (size + 1) // 2
+    assert resnet.output_shape(block, (2, 3, size, size)) == (2, 8, half, half)
+    nxt = rn.ResNeXtBlock(16, 4, 0.5, use_1x1conv=True, strides=2)
+    assert resnet.output_shape(nxt, (2, 3, size, size)) == (2, 16, half, half)
+    model = rn.ResNet(((1, 64), (1, 128)), num_classes=3)
+    assert resnet.summary_lines(model, (1, 1, size * 4 + 1, size * 4 + 1)) == [
+        f"{name:<4}  output shape: {shape}" for name, shape in model_part_shapes(model.spec, (1, 1, size * 4 + 1, size * 4 + 1))
+    ]
+
+
+def test_random_input_is_native_and_nchw_seeded(rn, backend_name, fresh_selection):
+    resnet.set_backend(backend_name)
+    x = resnet.random_input((2, 3, 5, 7), seed=3)
+    y = rn.to_numpy(x)
+    assert y.shape == (2, 3, 5, 7)
+    assert (y == rn.to_numpy(resnet.random_input((2, 3, 5, 7), seed=3))).all()
+
+
+@st.composite
+def block_configs(draw):
+    kind = draw(st.sampled_from(["residual", "resnext"]))
+    strides = draw(st.sampled_from([1, 2]))
+    in_channels = draw(st.integers(1, 12))
+    size = draw(st.integers(1, 11))
+    use_1x1conv = draw(st.booleans()) or strides == 2
+    if kind == "residual":
+        channels = draw(st.integers(1, 12)) if use_1x1conv else in_channels
+        return kind, (channels, use_1x1conv, strides), (2, in_channels, size, size)
+    groups = draw(st.sampled_from([1, 2, 4]))
+    bot = groups * draw(st.integers(1, 3))
+    channels = bot * draw(st.sampled_from([1, 2])) if use_1x1conv else in_channels
+    bot_mul = bot / channels
+    if not use_1x1conv:
+        in_channels = channels
+    return kind, (channels, groups, bot_mul, use_1x1conv, strides), (2, in_channels, size, size)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=block_configs())
+def test_generated_blocks_match_shape_arithmetic(rn, config):
+    kind, args, input_shape = config
+    block = rn.Residual(*args) if kind == "residual" else rn.ResNeXtBlock(*args)
+    expected = block_output_shape(block.spec, input_shape)
+    assert resnet.output_shape(block, input_shape) == expected
+    assert resnet.num_params(block, input_shape) == trainable_count(block.spec, input_shape)
+
+
+def test_identity_shortcut_with_wrong_input_is_clear(rn):
+    with pytest.raises(ValueError, match="identity shortcut.*use_1x1conv=True"):
+        resnet.output_shape(rn.Residual(8), (1, 3, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((30, 4, 1), "30 channels .* not divisible by groups=4"),
+        ((32, 0, 1), "groups must be a positive integer"),
+        ((32, 2, 0), "bot_mul must be a positive number"),
+        ((32, 2, 1, False, 3), "strides must be 1 or 2"),
+    ],
+)
+def test_resnext_bad_arguments(rn, args, message):
+    with pytest.raises(ValueError, match=message):
+        rn.ResNeXtBlock(*args)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((0,), "num_channels must be a positive integer"), ((3.5,), "num_channels"), ((8, True, (2, 1)), "pair of equal")],
+)
+def test_residual_bad_arguments(rn, args, message):
+    with pytest.raises(ValueError, match=message):
+        rn.Residual(*args)
+
+
+def test_bad_arch(rn):
+    with pytest.raises(ValueError, match="arch must be"):
+        rn.ResNet([64, 128])
+
+
+def test_bad_input_shape(rn):
+    with pytest.raises(ValueError, match="four positive integers in NCHW"):
+        resnet.output_shape(rn.Residual(3), (3, 6, 6))
+
+
+def test_book_groups_convention_documented():
+    # the book's ResNeXtBlock(32, 16, 1) has 2 groups of 16 channels: ours with groups=2
+    assert specs.resnext(32, 2, 1).layers()["conv2"].groups == 2
+    assert specs.resnext(32, 2, 1).group_width == 16
+    assert specs.resnext(32, 16, 1).group_width == 2
