@@ -7,7 +7,7 @@ so that a diff between two of them shows only what differs between the framework
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -277,3 +277,40 @@ def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         for name, value in arrays.items():
             native[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+
+
+def _native_grads(model: nn.Module) -> dict[str, np.ndarray]:
+    """Canonical name -> gradient of each trainable tensor, in canonical layout."""
+    return {
+        name.removeprefix("net."): np.zeros(p.shape, np.float32) if p.grad is None else p.grad.detach().cpu().numpy()
+        for name, p in model.named_parameters()
+    }
+
+
+def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Training-mode output for an NCHW batch and the gradients of ``sum(output * output_grad)``.
+
+    Gradients come back by canonical name in canonical layout. BatchNorm updates its running averages as
+    in a training step.
+    """
+    build(model, x.shape)
+    model.zero_grad(set_to_none=True)
+    y = apply(model, to_native(x), training=True)
+    y.backward(to_native(output_grad))
+    return to_numpy(y), _native_grads(model)
+
+
+def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(to_native(x)), torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return train_step

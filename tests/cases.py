@@ -1,0 +1,97 @@
+"""The numerical test cases, shared by the tests and the script that writes the golden files.
+
+Each case names a block or model (built from the backend under test by ``make``), an NCHW input shape,
+and is turned into weights and inputs by the reference's seeded initializer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from safetensors.numpy import load_file
+
+from resnet import specs
+from resnet.reference import Reference, init_weights
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+SGD_LR = 0.1
+
+
+SPEC_BUILDERS: dict[str, Callable] = {
+    "Residual": specs.residual,
+    "ResNeXtBlock": specs.resnext,
+    "ResNet": specs.book_resnet,
+    "ResNet18": lambda num_classes=10: specs.book_resnet(specs.RESNET18_ARCH, num_classes),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A block or model (class name and arguments), an input shape, and whether it ends in class scores."""
+
+    name: str
+    cls: str
+    args: tuple
+    input_shape: tuple[int, int, int, int]
+    classifier: bool = False
+
+    @property
+    def spec(self):
+        """The description, from the shared code alone (no framework)."""
+        return SPEC_BUILDERS[self.cls](*self.args)
+
+    def make(self, rn):
+        """The native block or model of backend module ``rn``."""
+        return getattr(rn, self.cls)(*self.args)
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Input, output cotangent and labels, seeded by the case's name so every backend sees the same."""
+        rng = np.random.default_rng(sum(map(ord, self.name)))
+        x = rng.standard_normal(self.input_shape).astype(np.float32)
+        return {"input": x, "labels": (np.arange(self.input_shape[0]) * 3 % 10).astype(np.int64)}
+
+
+BLOCK_CASES = [
+    Case("residual", "Residual", (3,), (4, 3, 6, 6)),
+    Case("residual_1x1_s2", "Residual", (6, True, 2), (4, 3, 6, 6)),
+    Case("residual_1x1_s2_odd", "Residual", (5, True, 2), (3, 4, 7, 7)),
+    *(Case(f"resnext_g{g}", "ResNeXtBlock", (32, g, 1), (2, 32, 6, 6)) for g in (1, 2, 8, 32)),
+    *(Case(f"resnext_g{g}_1x1_s2", "ResNeXtBlock", (64, g, 0.5, True, 2), (2, 16, 7, 7)) for g in (1, 2, 8, 32)),
+]
+SMALL_RESNET = Case("small_resnet", "ResNet", (((1, 64), (1, 32)), 10), (4, 1, 24, 24), classifier=True)
+GOLDEN_CASES = [*BLOCK_CASES, SMALL_RESNET]
+RESNET18 = Case("resnet18", "ResNet18", (), (4, 1, 64, 64), classifier=True)
+
+
+def expected_values(case: Case) -> dict[str, np.ndarray]:
+    """Everything the reference says a backend must reproduce for ``case``, in float64."""
+    spec, inputs = case.spec, case.inputs()
+    weights = init_weights(spec, case.input_shape, seed=len(case.name))
+    out = {"input": inputs["input"], "labels": inputs["labels"]}
+    out.update({f"weights/{k}": v for k, v in weights.items()})
+    out["inference"] = Reference(spec, weights).forward(inputs["input"])
+    reference = Reference(spec, weights)
+    output_grad = np.random.default_rng(7).standard_normal(out["inference"].shape).astype(np.float32)
+    out["output_grad"] = output_grad
+    out["training"], grads = reference.vjp(inputs["input"], output_grad)
+    out.update({f"grad/{k}": v for k, v in grads.items() if k != "input"})
+    out.update({f"after_training/{k}": v for k, v in reference.weights.items() if "running" in k})
+    if case.classifier:
+        stepped = Reference(spec, weights)
+        out["sgd_loss"] = np.array([stepped.sgd_step(inputs["input"], inputs["labels"], SGD_LR)])
+        out.update({f"after_sgd/{k}": v for k, v in stepped.weights.items()})
+    return out
+
+
+def golden(case: Case) -> dict[str, np.ndarray]:
+    """The golden file's arrays for ``case`` (written by ``python tests/write_golden.py`` from the reference)."""
+    return load_file(str(GOLDEN_DIR / f"{case.name}.safetensors"))
+
+
+def section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays under ``prefix/``, with the prefix removed."""
+    return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}

@@ -1,0 +1,133 @@
+"""Neutral weights files: canonical names and layouts, the same file in every backend, clear mismatches."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+from conftest import INSTALLED
+from safetensors.numpy import save_file
+
+import resnet
+from cases import GOLDEN_CASES, SMALL_RESNET, golden, section
+from resnet.shapes import tensor_infos
+from resnet.weights import read_weights
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c.name)
+def test_saved_file_has_canonical_names_shapes_and_values(rn, case, tmp_path):
+    """Golden weights -> this backend -> file: the file holds exactly the golden (canonical) tensors."""
+    arrays = golden(case)
+    model = case.make(rn)
+    resnet.load_weights(model, _golden_weights_file(arrays, tmp_path))
+    resnet.save_weights(model, tmp_path / "saved.safetensors")
+    saved, metadata = read_weights(tmp_path / "saved.safetensors")
+    infos = tensor_infos(case.spec, case.input_shape)
+    assert sorted(saved) == sorted(infos)
+    for name, info in infos.items():
+        assert saved[name].shape == info.shape and saved[name].dtype == np.float32, name
+        np.testing.assert_array_equal(saved[name], arrays[f"weights/{name}"])
+    assert metadata["backend"] == rn.NAME
+
+
+def _golden_weights_file(arrays, directory) -> str:
+    """Write a case's golden weights as a neutral weights file (as any backend would)."""
+    from resnet.weights import write_weights
+
+    path = os.path.join(directory, "golden.safetensors")
+    write_weights(section(arrays, "weights"), path, {"backend": "reference"})
+    return path
+
+
+def test_loaded_file_reproduces_reference_outputs(rn, tmp_path):
+    arrays = golden(SMALL_RESNET)
+    model = SMALL_RESNET.make(rn)  # not built: loading builds it
+    resnet.load_weights(model, _golden_weights_file(arrays, tmp_path))
+    np.testing.assert_allclose(resnet.forward(model, arrays["input"]), arrays["inference"], atol=1e-4)
+
+
+def test_save_unbuilt_model_is_clear(rn, tmp_path):
+    with pytest.raises(ValueError, match="no weights yet.*resnet.output_shape"):
+        resnet.save_weights(rn.Residual(3), tmp_path / "w.safetensors")
+
+
+def test_mismatch_lists_missing_unexpected_and_misshapen(rn, tmp_path):
+    model = rn.Residual(6, use_1x1conv=True, strides=2)
+    resnet.output_shape(model, (1, 3, 6, 6))
+    before = rn.get_arrays(model)
+    tensors = {name: value.copy() for name, value in before.items() if not name.startswith("conv3.")}
+    tensors["conv1.weight"] = np.zeros((6, 4, 3, 3), np.float32)
+    tensors["extra.weight"] = np.zeros(3, np.float32)
+    path = tmp_path / "bad.safetensors"
+    from resnet.weights import write_weights
+
+    write_weights(tensors, path, {})
+    with pytest.raises(resnet.WeightsMismatchError) as caught:
+        resnet.load_weights(model, path)
+    message = str(caught.value)
+    assert "missing (2): conv3.weight, conv3.bias" in message
+    assert "unexpected (1): extra.weight" in message
+    assert "misshapen (1): conv1.weight: file (6, 4, 3, 3) float32, model (6, 3, 3, 3) float32" in message
+    after = rn.get_arrays(model)  # nothing was assigned
+    assert all(np.array_equal(after[name], before[name]) for name in before)
+
+
+def test_wrong_dtype_is_a_mismatch(rn, tmp_path):
+    model = rn.Residual(3)
+    resnet.output_shape(model, (1, 3, 4, 4))
+    path = tmp_path / "f64.safetensors"
+    save_file({k: v.astype(np.float64) for k, v in rn.get_arrays(model).items()}, str(path),
+              metadata={"format": "resnet.neutral/1"})
+    with pytest.raises(resnet.WeightsMismatchError, match="misshapen.*float64"):
+        resnet.load_weights(model, path)
+
+
+def test_not_a_weights_file(rn, tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x80\x04 this is a pickle, not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors weights file"):
+        resnet.load_weights(rn.Residual(3), path)
+    with pytest.raises(FileNotFoundError, match="no weights file at"):
+        resnet.load_weights(rn.Residual(3), tmp_path / "absent.safetensors")
+
+
+def test_save_is_atomic(rn, tmp_path, monkeypatch):
+    """A crash while writing leaves the previous file intact and no temporary file behind."""
+    model = rn.Residual(3)
+    resnet.output_shape(model, (1, 3, 4, 4))
+    path = tmp_path / "w.safetensors"
+    resnet.save_weights(model, path)
+    good = path.read_bytes()
+    import safetensors.numpy
+
+    def crash(*args, **kwargs):
+        with open(args[1], "wb") as half:
+            half.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        resnet.save_weights(model, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["w.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [pair for pair in itertools.permutations(INSTALLED, 2)] or [pytest.param(None, None, marks=pytest.mark.skip(
+        reason="one backend in this environment: cross-backend loading is proven through the golden files"))],
+)
+def test_save_in_one_backend_load_in_another(source, target, tmp_path):
+    import importlib
+
+    src, dst = (importlib.import_module(f"resnet.backends.{n}") for n in (source, target))
+    arrays = golden(SMALL_RESNET)
+    model = SMALL_RESNET.make(src)
+    resnet.load_weights(model, _golden_weights_file(arrays, tmp_path))
+    resnet.save_weights(model, tmp_path / "from_source.safetensors")
+    other = resnet.load_weights(SMALL_RESNET.make(dst), tmp_path / "from_source.safetensors")
+    np.testing.assert_allclose(
+        resnet.forward(other, arrays["input"]), resnet.forward(model, arrays["input"]), atol=1e-5
+    )
