@@ -314,3 +314,12 @@ def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.nda
         return float(loss.detach())
 
     return train_step
+
+
+def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return to_numpy(apply(model, to_native(x), training=False))
+
+    return predict

@@ -1,0 +1,125 @@
+"""The ``resnet`` command (also ``python -m resnet``).
+
+    resnet train                            # the chapter's recipe: ResNet-18, 10 epochs, batch 128, lr 0.01, 96x96
+    resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run with no network
+    resnet summary resnet18                 # the layer summary in the selected backend
+    resnet --backend jax summary resnet18   # choose the backend here instead of RESNET_BACKEND
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+from resnet import selection
+from resnet.data import DATASETS
+from resnet.models import MODELS, build_model, model_entry
+
+__all__ = ["main"]
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W such as 1,1,96,96; got {text!r}")
+    return shape
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--backend", help="torch, tensorflow, jax or mxnet (default: RESNET_BACKEND, else the first installed)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a model with the chapter's recipe")
+    train.add_argument("--backend", dest="train_backend", help="as the global --backend")
+    train.add_argument("--model", default="resnet18", help=f"model name: {', '.join(MODELS)} (default resnet18)")
+    train.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    train.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    train.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    train.add_argument("--resize", type=int, default=96, help="image height and width (default 96)")
+    train.add_argument("--dataset", default="auto", choices=DATASETS,
+                       help="fashion-mnist, digits (offline), or auto: Fashion-MNIST if cached or downloadable, "
+                       "else digits (default auto)")
+    train.add_argument("--data-dir", help="where datasets are cached (default: RESNET_DATA, else ~/.cache/resnet)")
+    train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and shuffling (default 0)")
+    train.add_argument("--init", metavar="FILE", help="start from this neutral weights file")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    train.add_argument("--out", default="runs/latest", metavar="DIR",
+                       help="run directory for metrics.csv, curves.png, last.safetensors (default runs/latest)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    summary = commands.add_parser("summary", help="print a model's layer summary (NCHW shapes)")
+    summary.add_argument("model", help=f"model name: {', '.join(MODELS)}")
+    summary.add_argument("--input-shape", type=_input_shape, help="N,C,H,W (default: the model's own)")
+    summary.add_argument("--num-classes", type=int, default=10, help="outputs of the head (default 10)")
+    return parser
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import resnet
+
+    entry = model_entry(args.model)
+    backend = selection.backend_module()
+    model = build_model(args.model, backend, args.num_classes)
+    shape = args.input_shape or entry.input_shape
+    print(f"{args.model} ({entry.description}) in {backend.NAME}, input {shape}:")
+    resnet.layer_summary(model, shape)
+    print(f"trainable parameters: {resnet.num_params(model, shape):,}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from resnet.data import load_dataset
+    from resnet.training import TrainConfig, fit
+
+    config = TrainConfig(args.epochs, args.batch_size, args.lr, args.resize, args.seed)  # validates first
+    model_entry(args.model)
+    out = Path(args.out)
+    if args.resume and not (out / "last.safetensors").is_file():
+        raise ValueError(f"--resume: there is no run to resume in {out} (no last.safetensors); drop --resume")
+    _check_writable(out)
+    backend = selection.backend_module()
+    dataset = load_dataset(args.dataset, args.data_dir)
+    model = build_model(args.model, backend, dataset.num_classes)
+    print(f"training {args.model} in {backend.NAME} on {dataset.name}: {config}")
+    history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
+                  model_name=args.model)
+    print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")
+    final = history.rows[-1] if history.rows else None
+    if final is None:
+        print(f"nothing to do: all {config.epochs} epochs were already complete")
+        return 0
+    warning = " -- OFFLINE digits set, not Fashion-MNIST" if dataset.name == "digits" else ""
+    print(f"final validation accuracy: {final['val_acc']:.4f} ({dataset.name}, epoch {final['epoch']}, "
+          f"{backend.NAME}){warning}")
+    return 0
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"the output directory {str(directory)!r} is not writable ({error.strerror}); "
+                      "choose another with --out") from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        chosen = getattr(args, "train_backend", None) or args.backend
+        if chosen:
+            selection.set_backend(chosen)
+        return {"summary": _summary, "train": _train}[args.command](args)
+    except (ValueError, ImportError, OSError) as error:
+        print(f"resnet: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,216 @@
+"""The one data pipeline every backend trains on, in NumPy: datasets, resizing, shuffling, batching.
+
+Datasets are uint8 images of shape (N, 1, H, W) with integer labels. ``Batches`` turns one into float32
+NCHW batches scaled to [0, 1] and resized bilinearly, shuffled by a NumPy generator seeded with
+(seed, epoch): the same seed gives the same batches in every backend, and a resumed run sees the same
+batches as an uninterrupted one. Each backend's train step moves a batch into its own layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from resnet.download import DownloadError, download
+from resnet.idx import read_idx
+
+__all__ = [
+    "DATASETS",
+    "Batches",
+    "Dataset",
+    "bilinear_resize",
+    "default_data_dir",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+]
+
+#: Where Fashion-MNIST is published, tried in order (RESNET_FASHION_MNIST_URL, if set, comes first).
+FASHION_MNIST_URLS = [
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+]
+#: The four files and their published MD5 checksums.
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and validation images (N, 1, H, W) uint8 with int64 labels, and where they came from."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    classes: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
+def default_data_dir() -> Path:
+    """``RESNET_DATA`` if set, else the user cache directory (``$XDG_CACHE_HOME`` or ~/.cache)/resnet."""
+    if os.environ.get("RESNET_DATA"):
+        return Path(os.environ["RESNET_DATA"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet"
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missing: bool = True) -> Dataset:
+    """Fashion-MNIST from ``data_dir/fashion-mnist`` (the four IDX .gz files), downloading what is missing
+    or corrupt and verifying every file against its published MD5 checksum."""
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    directory = directory / "fashion-mnist"
+    urls = ([os.environ["RESNET_FASHION_MNIST_URL"]] if os.environ.get("RESNET_FASHION_MNIST_URL") else [])
+    urls += FASHION_MNIST_URLS
+    paths = {}
+    for name, md5 in FASHION_MNIST_FILES.items():
+        if not download_missing and not (directory / name).is_file():
+            raise DownloadError(f"{directory / name} is missing and downloading was not allowed")
+        paths[name] = download(name, md5, directory, urls)
+    images = {split: read_idx(paths[f"{split}-images-idx3-ubyte.gz"], 3) for split in ("train", "t10k")}
+    labels = {split: read_idx(paths[f"{split}-labels-idx1-ubyte.gz"], 1) for split in ("train", "t10k")}
+    for split in ("train", "t10k"):
+        if len(images[split]) != len(labels[split]):
+            raise ValueError(
+                f"{directory}: {split} has {len(images[split])} images but {len(labels[split])} labels; "
+                "delete the files and download them again"
+            )
+    return Dataset(
+        "fashion-mnist",
+        images["train"][:, None],
+        labels["train"].astype(np.int64),
+        images["t10k"][:, None],
+        labels["t10k"].astype(np.int64),
+        FASHION_MNIST_CLASSES,
+    )
+
+
+def load_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """The handwritten digits that ship inside scikit-learn (1,797 real 8x8 images, 10 classes), for
+    machines with no network: scaled from 0..16 to 0..255 uint8 and split with a seeded permutation."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(images))
+    split = int(round(len(images) * (1 - val_fraction)))
+    train, val = order[:split], order[split:]
+    return Dataset(
+        "digits", images[train], labels[train], images[val], labels[val], tuple(str(d) for d in range(10)),
+        note="offline set: scikit-learn's 8x8 handwritten digits, not Fashion-MNIST",
+    )
+
+
+#: Dataset names accepted by ``load_dataset`` and ``resnet train --dataset``.
+DATASETS = ("auto", "fashion-mnist", "digits")
+
+
+def load_dataset(name: str = "auto", data_dir: str | os.PathLike | None = None) -> Dataset:
+    """``fashion-mnist`` (cached or downloaded; errors if neither works), ``digits`` (offline), or ``auto``:
+    Fashion-MNIST when it can be had, else the digits with a loud note saying so."""
+    key = name.strip().lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}")
+    if key == "digits":
+        return load_digits()
+    try:
+        return load_fashion_mnist(data_dir)
+    except DownloadError as error:
+        if key == "fashion-mnist":
+            raise
+        fallback = load_digits()
+        note = (
+            "WARNING: Fashion-MNIST is neither cached nor downloadable here, so this run uses the OFFLINE set "
+            f"(scikit-learn's 8x8 handwritten digits) instead. Reason: {str(error).splitlines()[0]}"
+        )
+        return Dataset(**{**fallback.__dict__, "note": note})
+
+
+def _interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of bilinear interpolation with half-pixel centres and clamped edges, as torchvision's
+    and PIL's bilinear resize do when enlarging."""
+    scale = in_size / out_size
+    centres = np.clip((np.arange(out_size) + 0.5) * scale - 0.5, 0, in_size - 1)
+    low = np.floor(centres).astype(int)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = centres - low
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.arange(out_size), low), 1 - frac)
+    np.add.at(matrix, (np.arange(out_size), high), frac)
+    return matrix
+
+
+def bilinear_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize (N, C, H, W) images to (N, C, size, size) bilinearly, as float32 in the input's scale.
+
+    Enlarging (as the chapter does, 28 -> 96) matches torchvision's Resize; shrinking averages only the two
+    nearest pixels per axis (no antialiasing).
+    """
+    n, c, h, w = images.shape
+    rows, cols = _interpolation_matrix(h, size), _interpolation_matrix(w, size)
+    out = np.einsum("ih,nchw,jw->ncij", rows, images.astype(np.float32), cols, optimize=True)
+    return out.astype(np.float32)
+
+
+class Batches:
+    """Float32 NCHW batches in [0, 1] of (images, labels), resized to ``resize`` and shuffled per epoch.
+
+    Args:
+        images: (N, C, H, W) uint8.
+        labels: (N,) integers.
+        batch_size: images per batch; the last batch of an epoch may be smaller.
+        resize: output height and width (None keeps the size).
+        shuffle: reorder each epoch with ``np.random.default_rng((seed, epoch))``.
+        seed: the shuffling seed.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, resize: int | None = None,
+                 shuffle: bool = False, seed: int = 0) -> None:
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"images must be (N, C, H, W) with one label each; got {images.shape} and {labels.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.batch_size, self.resize, self.shuffle, self.seed = batch_size, resize, shuffle, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        """Images per epoch."""
+        return len(self.images)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of one epoch (the order depends only on the seed and the epoch number)."""
+        order = (
+            np.random.default_rng((self.seed, epoch)).permutation(len(self.images))
+            if self.shuffle
+            else np.arange(len(self.images))
+        )
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.images[index].astype(np.float32) / 255.0
+            if self.resize is not None and x.shape[2:] != (self.resize, self.resize):
+                x = bilinear_resize(x, self.resize)
+            yield x, self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.epoch(0)

@@ -1,0 +1,248 @@
+"""Training the chapter's recipe: one loop for every backend, around each backend's own fast train step.
+
+The loop, the metrics, the checkpoints and the plot are framework-free; the backend supplies
+``make_train_step`` (jit in JAX, tf.function in TensorFlow, a hybridized block in MXNet, eager or
+torch.compile in PyTorch) and ``make_predict``. A run directory holds:
+
+* ``metrics.csv``: one row per epoch (epoch, train_loss, val_loss, val_acc, images_per_s, dataset);
+* ``curves.png``: training loss, validation loss and validation accuracy per epoch, as the book plots them;
+* ``last.safetensors``: the neutral weights after the last complete epoch, with the run's settings in its
+  header, from which ``resume=True`` continues with the same result as an uninterrupted run;
+* ``run.json``: the settings and the dataset actually used (with a warning when it is the offline set).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from resnet.api import backend_of
+from resnet.atomic import atomic_path
+from resnet.data import Batches, Dataset
+from resnet.init import initial_weights
+from resnet.reference import softmax_cross_entropy
+from resnet.weights import check_arrays, load_weights, read_weights, write_weights
+
+__all__ = ["CHECKPOINT", "METRICS", "History", "TrainConfig", "evaluate", "fit"]
+
+CHECKPOINT = "last.safetensors"
+METRICS = "metrics.csv"
+CURVES = "curves.png"
+RUN_INFO = "run.json"
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "dataset")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe: the book's defaults are 10 epochs, batch 128, SGD with learning rate 0.01, 96x96 images."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    resize: int | None = 96
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 1):
+            raise ValueError(f"resize must be a positive integer (pixels) or None, got {self.resize!r}")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics (``rows``) and the loss of every training step (``step_losses``)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    dataset: str = ""
+    note: str = ""
+
+    def column(self, name: str) -> list[Any]:
+        """One metric over the epochs, e.g. ``history.column("val_acc")``."""
+        return [row[name] for row in self.rows]
+
+
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], batches: Batches) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a predict function over all batches, computed in float64 NumPy."""
+    total_loss, correct = 0.0, 0
+    for x, labels in batches.epoch(0):
+        logits = np.asarray(predict(x), dtype=np.float64)
+        total_loss += softmax_cross_entropy(logits, labels)[0] * len(labels)
+        correct += int((logits.argmax(axis=1) == labels).sum())
+    return total_loss / batches.num_examples, correct / batches.num_examples
+
+
+def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text.getvalue())
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    numeric = {"epoch": int, "train_loss": float, "val_loss": float, "val_acc": float, "images_per_s": float}
+    return [{k: numeric.get(k, str)(v) for k, v in row.items()} for row in rows]
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """The book's figure: train loss, validation loss and validation accuracy against the epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    from matplotlib import pyplot as plt
+
+    epochs = [row["epoch"] for row in rows]
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot(epochs, [row["train_loss"] for row in rows], "-", label="train_loss")
+    axes.plot(epochs, [row["val_loss"] for row in rows], "--", label="val_loss")
+    axes.plot(epochs, [row["val_acc"] for row in rows], "-.", label="val_acc")
+    axes.set_xlabel("epoch")
+    axes.set_xlim(0.5, max(epochs) + 0.5)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+def _settings(config: TrainConfig, dataset: Dataset, model_name: str, backend: str) -> dict[str, str]:
+    return {
+        **{k: str(v) for k, v in asdict(config).items() if k != "epochs"},
+        "dataset": dataset.name,
+        "model": model_name,
+        "backend": backend,
+    }
+
+
+def _resume_point(out_dir: Path, spec: Any, settings: dict[str, str]) -> tuple[dict[str, np.ndarray], int]:
+    """The checkpoint's weights and its last complete epoch, after checking it belongs to this run."""
+    arrays, header = read_weights(out_dir / CHECKPOINT)
+    if header.get("spec") != repr(spec):
+        raise ValueError(
+            f"{out_dir / CHECKPOINT} was saved from a different model ({header.get('model', '?')}); resume with the "
+            "same --model, or choose another --out directory"
+        )
+    changed = [f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if k != "backend" and header.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"{out_dir / CHECKPOINT} was trained with other settings ({'; '.join(changed)}); resume with the same "
+            "settings, or start a new run in another --out directory"
+        )
+    return arrays, int(header["epoch"])
+
+
+def fit(
+    model: Any,
+    dataset: Dataset,
+    config: TrainConfig = TrainConfig(),
+    out_dir: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    model_name: str = "",
+    log: Callable[[str], None] = print,
+) -> History:
+    """Train ``model`` on ``dataset`` with plain SGD, evaluating after every epoch; returns the history.
+
+    Args:
+        model: a native model of any backend.
+        dataset: e.g. ``resnet.data.load_dataset("auto")``.
+        config: epochs, batch size, learning rate, resize and seed (the book's recipe by default).
+        out_dir: where metrics.csv, curves.png, last.safetensors and run.json go (None: keep nothing).
+        init: a neutral weights file to start from; otherwise the seeded framework-neutral initialization,
+            the same in every backend.
+        resume: continue the run in ``out_dir`` from its last complete epoch.
+        progress: show a tqdm progress bar with images per second.
+    """
+    backend = backend_of(model)
+    spec = backend.spec_of(model)
+    channels = dataset.train_images.shape[1]
+    size = config.resize or dataset.train_images.shape[2]
+    backend.build(model, (1, channels, size, size))
+    out = Path(out_dir) if out_dir is not None else None
+    settings = _settings(config, dataset, model_name or type(model).__name__, backend.NAME)
+    history = History(dataset=dataset.name, note=dataset.note)
+    start = 1
+    if resume:
+        if out is None or not (out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"nothing to resume: no {CHECKPOINT} in {out}; start the run without --resume")
+        arrays, done = _resume_point(out, spec, settings)
+        check_arrays(backend.get_arrays(model), arrays, str(out / CHECKPOINT))
+        backend.set_arrays(model, arrays)
+        history.rows = [row for row in _read_metrics(out / METRICS) if row["epoch"] <= done]
+        start = done + 1
+        log(f"resuming from {out / CHECKPOINT}: epoch {done} of {config.epochs} complete")
+    elif init is not None:
+        load_weights(model, init)
+    else:
+        backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
+    if out is not None:
+        with atomic_path(out / RUN_INFO) as temporary:
+            temporary.write_text(json.dumps({**settings, "epochs": config.epochs, "note": dataset.note}, indent=2))
+    if dataset.note:
+        log(dataset.note)
+
+    train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
+    val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
+    train_step = backend.make_train_step(model, config.lr)
+    predict = backend.make_predict(model)
+    for epoch in range(start, config.epochs + 1):
+        losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress)
+        history.step_losses += losses
+        val_loss, val_acc = evaluate(predict, val)
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val_loss, 6),
+            "val_acc": round(val_acc, 6),
+            "images_per_s": round(train.num_examples / seconds, 1),
+            "dataset": dataset.name,
+        }
+        history.rows.append(row)
+        log(
+            f"epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, val_loss {val_loss:.4f}, "
+            f"val_acc {val_acc:.4f}, {row['images_per_s']:.0f} images/s"
+        )
+        if out is not None:
+            write_weights(backend.get_arrays(model), out / CHECKPOINT, {**settings, "epoch": str(epoch), "spec": repr(spec)})
+            _write_metrics(history.rows, out / METRICS)
+            plot_curves(history.rows, out / CURVES, f"{settings['model']} on {dataset.name} ({backend.NAME})")
+    return history
+
+
+def _train_epoch(
+    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool
+) -> tuple[list[float], float, float]:
+    """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken)."""
+    from tqdm.auto import tqdm
+
+    losses, weighted, started = [], 0.0, time.perf_counter()
+    with tqdm(total=batches.num_examples, unit="img", desc=f"epoch {epoch}/{epochs}", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
+        for x, labels in batches.epoch(epoch):
+            loss = float(train_step(x, labels))
+            losses.append(loss)
+            weighted += loss * len(labels)
+            bar.update(len(labels))
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return losses, weighted / batches.num_examples, time.perf_counter() - started
