@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -56,7 +57,7 @@ def download(name: str, md5: str, directory: str | os.PathLike, base_urls: list[
         try:
             _fetch(url, target, md5, timeout)
             return target
-        except (OSError, urllib.error.URLError, ValueError) as error:
+        except (OSError, http.client.HTTPException, ValueError) as error:  # URLError is an OSError
             failures.append(f"{url}: {error}")
     raise DownloadError(
         f"could not download {name} into {directory}:\n  " + "\n  ".join(failures)

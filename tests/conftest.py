@@ -1,7 +1,8 @@
-"""Shared fixtures: every test that takes ``rn`` runs once per backend installed here, named in its ID.
+"""Shared fixtures: every test that takes ``rn`` runs once per backend under test, named in its ID.
 
-``RESNET_REQUIRE_BACKENDS`` (comma-separated; set by the nox matrix) makes a missing backend an error
-instead of a smaller matrix, so a broken environment can never pass as green.
+The backends under test are those installed here, or exactly those named in ``RESNET_TEST_BACKENDS``
+(comma-separated; the nox matrix sets it), in which case a missing one is an error instead of a smaller
+matrix, so a broken environment can never pass as green.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import pytest
 
 from resnet.selection import BACKENDS, FRAMEWORK_MODULES
 
-INSTALLED = [name for name in BACKENDS if importlib.util.find_spec(FRAMEWORK_MODULES[name]) is not None]
-REQUIRED = [name.strip() for name in os.environ.get("RESNET_REQUIRE_BACKENDS", "").split(",") if name.strip()]
+FOUND = [name for name in BACKENDS if importlib.util.find_spec(FRAMEWORK_MODULES[name]) is not None]
+REQUIRED = [name.strip() for name in os.environ.get("RESNET_TEST_BACKENDS", "").split(",") if name.strip()]
+INSTALLED = [name for name in BACKENDS if name in REQUIRED] if REQUIRED else FOUND
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    missing = [name for name in REQUIRED if name not in INSTALLED]
-    if missing:
+    missing = [name for name in REQUIRED if name not in FOUND]
+    unknown = [name for name in REQUIRED if name not in BACKENDS]
+    if missing or unknown:
         raise pytest.UsageError(
-            f"RESNET_REQUIRE_BACKENDS asks for {', '.join(REQUIRED)} but {', '.join(missing)} is not installed "
-            "in this environment; install it (pip install -e '.[<backend>,test]') or run nox"
+            f"RESNET_TEST_BACKENDS asks for {', '.join(REQUIRED)} but {', '.join(missing)} is not installed "
+            f"here (valid names: {', '.join(BACKENDS)}); install it (pip install -e '.[<backend>,test]') or run nox"
         )
     if not INSTALLED:
         raise pytest.UsageError("no backend framework is installed; install one, e.g. pip install -e '.[torch,test]'")

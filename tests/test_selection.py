@@ -96,9 +96,9 @@ def test_precedence_set_backend_over_environment(fresh_selection, monkeypatch):
 
 
 def test_auto_detection_picks_first_installed(fresh_selection):
-    from conftest import INSTALLED
+    from conftest import FOUND
 
-    assert resnet.backend() == INSTALLED[0]
+    assert resnet.backend() == FOUND[0]
     assert selection._resolve()[1] == "auto"
 
 
@@ -119,7 +119,8 @@ def test_missing_or_broken_framework_is_backend_unavailable(name, fresh_selectio
     real_import = builtins.__import__
 
     def failing_import(module, *args, **kwargs):
-        if module.split(".")[0] in {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax", "mxnet": "mxnet"}[name]:
+        if module.split(".")[0] in {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"),
+                                    "jax": ("jax", "flax", "optax"), "mxnet": ("mxnet",)}[name]:
             raise AttributeError("module 'numpy' has no attribute 'bool'")
         return real_import(module, *args, **kwargs)
 

@@ -1,0 +1,417 @@
+"""The chapter's models as MXNet Gluon ``HybridBlock``s (NCHW), and the hooks the common API calls.
+
+The four backend modules read side by side: the same names in the same order with the same docstrings,
+so that a diff between two of them shows only what differs between the frameworks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from resnet import specs
+from resnet.shapes import model_part_shapes
+from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec, ModelSpec
+
+NAME = "mxnet"
+LAYOUT = "NCHW"
+
+__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual"]
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+# No BatchNorm subclass here (torch needs one): Gluon's BatchNorm already averages the *biased* batch
+# variance and infers its channel count at the first call. It updates the running averages in the
+# *backward* pass, though, which ``apply`` below has to allow for.
+
+
+def make_layer(layer: LayerSpec) -> nn.HybridBlock:
+    """The native layer for a layer description, its input size inferred at the first call."""
+    if isinstance(layer, ConvSpec):
+        return nn.Conv2D(
+            layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias
+        )
+    if isinstance(layer, BatchNormSpec):
+        # Gluon's momentum is the weight of the old running value: the complement of ours.
+        return nn.BatchNorm(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON)
+    if isinstance(layer, DenseSpec):
+        return nn.Dense(layer.out_features)
+    raise TypeError(f"unknown layer description {layer!r}")
+
+
+def _add_layers(block: nn.HybridBlock, spec: BlockSpec) -> None:
+    """Create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
+    for name, layer in spec.layers().items():
+        setattr(block, name, make_layer(layer))
+
+
+def _check_input(block: nn.HybridBlock, x: Any) -> None:
+    # The identity shortcut needs the input to have the output's shape; say so instead of a broadcast error.
+    # Only an NDArray has a shape: inside a hybridized parent the blocks see shapeless Symbols, and there the
+    # parent (a ResNet's stage) guarantees the shapes.
+    if not block.spec.use_1x1conv and isinstance(x, mx.nd.NDArray):
+        specs.check_block_input(block.spec, x.shape[1])
+
+
+def _sequential(parts: dict[str, nn.HybridBlock]) -> nn.HybridSequential:
+    """A HybridSequential whose children have names, like torch's ``nn.Sequential(OrderedDict(...))``.
+
+    ``add`` would name them "0", "1", ...; setting an attribute registers the child under that name, in
+    order, and leaves it reachable as ``seq.<name>``.
+    """
+    seq = nn.HybridSequential()
+    for name, part in parts.items():
+        setattr(seq, name, part)
+    return seq
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class Residual(nn.HybridBlock):
+    """The residual block of ResNet: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: put a 1x1 convolution on the shortcut, to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the 1x1 shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.residual(num_channels, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv3 = None
+
+    def forward(self, X: Any) -> Any:
+        # Checked here, before Gluon hands a hybridized block's input to its cached graph.
+        _check_input(self, X)
+        return super().forward(X)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return F.relu(Y + X)
+
+
+class ResNeXtBlock(nn.HybridBlock):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv (each with BN), plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels.
+        groups: the number of groups (cardinality) of the 3x3 convolution, as in the chapter's text and the
+            ResNeXt paper; each group has ``round(num_channels * bot_mul) // groups`` channels. The book's
+            code passes ``bot_channels // groups`` to the convolution, so there ``groups`` is the width of
+            each group: the book's ``ResNeXtBlock(32, 16, 1)`` (2 groups of 16) is ``ResNeXtBlock(32, 2, 1)``.
+        bot_mul: bottleneck width as a multiple of ``num_channels``.
+        use_1x1conv: put a 1x1 convolution and BN on the shortcut.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        groups: int,
+        bot_mul: float,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.resnext(num_channels, groups, bot_mul, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv4 = self.bn4 = None
+
+    def forward(self, X: Any) -> Any:
+        # Checked here, before Gluon hands a hybridized block's input to its cached graph.
+        _check_input(self, X)
+        return super().forward(X)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.bn4(self.conv4(X))
+        return F.relu(Y + X)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def make_block(spec: BlockSpec) -> nn.HybridBlock:
+    """The native block for a block description."""
+    if isinstance(spec, specs.ResidualSpec):
+        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
+    return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+
+
+class ResNet(nn.HybridBlock):
+    """The chapter's ResNet: the stem ``b1``, one stage per ``arch`` entry (``b2``, ``b3``...), the head ``last``.
+
+    Args:
+        arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
+            (2, 512))`` for ResNet-18.
+        num_classes: outputs of the final dense layer.
+    """
+
+    def __init__(self, arch: Sequence[Sequence[int]], num_classes: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.book_resnet(arch, num_classes)
+        parts: dict[str, nn.HybridBlock] = dict(b1=self.b1())
+        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, arch):
+            parts[stage_name] = self.block(num_residuals, num_channels, first_block=stage_name == "b2")
+        parts["last"] = _sequential(
+            dict(pool=nn.GlobalAvgPool2D(), flatten=nn.Flatten(), fc=make_layer(DenseSpec(num_classes)))
+        )
+        self.net = _sequential(parts)
+
+    def b1(self) -> nn.HybridSequential:
+        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        layers, pool = self.spec.stem.layers(), self.spec.stem.pool
+        return _sequential(
+            dict(
+                conv=make_layer(layers["conv"]),
+                bn=make_layer(layers["bn"]),
+                relu=nn.Activation("relu"),
+                # Padded cells never win: MXNet's max pooling takes the maximum over the real cells only.
+                pool=nn.MaxPool2D(pool.kernel, pool.stride, pool.padding),
+            )
+        )
+
+    def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.HybridSequential:
+        """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
+        stage = nn.HybridSequential()
+        stage.add(*(make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)))
+        return stage
+
+    def forward(self, X: Any) -> Any:
+        # Inside a hybridized ResNet the blocks see shapeless Symbols and cannot check their inputs: check
+        # the whole model's shapes from its description first (clear errors for a misfit input or stage).
+        if isinstance(X, mx.nd.NDArray):
+            model_part_shapes(self.spec, X.shape)
+        return super().forward(X)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        return self.net(X)
+
+
+class ResNet18(ResNet):
+    """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
+
+    def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, **kwargs)
+
+
+# ------------------------------------------------------------------------------- common-API hooks
+
+
+def is_native_model(obj: Any) -> bool:
+    """True if ``obj`` is a block or model of this backend."""
+    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+
+
+def spec_of(model: Any) -> BlockSpec | ModelSpec:
+    """The architecture description the model was built from."""
+    return model.spec
+
+
+def to_native(x: np.ndarray) -> mx.nd.NDArray:
+    """A float32 NCHW NumPy array as a native tensor (NCHW: no transposition)."""
+    return mx.nd.array(np.ascontiguousarray(x, dtype=np.float32), dtype=np.float32)
+
+
+def to_numpy(y: mx.nd.NDArray) -> np.ndarray:
+    """A native tensor as a NumPy array in NCHW order."""
+    return y.asnumpy()
+
+
+def _has_data(param: gluon.Parameter) -> bool:
+    """True once a parameter holds an array; False while uninitialized or waiting for its input size."""
+    try:
+        param.data()
+    except RuntimeError:  # not initialized, or DeferredInitializationError (an MXNetError, a RuntimeError)
+        return False
+    return True
+
+
+def is_built(model: nn.HybridBlock) -> bool:
+    """True once every lazy layer knows its input size and has its weights."""
+    return all(_has_data(p) for p in model.collect_params().values())
+
+
+def _initialize(model: nn.HybridBlock) -> None:
+    """Give every parameter not yet initialized an initializer, as the book's ``net.initialize(init.Xavier())``.
+
+    Gluon creates the arrays at the first call, once the input size is known (deferred initialization).
+    """
+    for param in model.collect_params().values():
+        try:
+            param.list_ctx()  # raises while the parameter has no initializer at all
+        except RuntimeError:
+            # default_init: a layer's own initializer (zeros for biases, ones for BN scales) takes precedence.
+            param.initialize(default_init=mx.init.Xavier())
+
+
+def build(model: nn.HybridBlock, input_shape: tuple[int, ...]) -> None:
+    """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
+    if not is_built(model):
+        _initialize(model)
+        apply(model, mx.nd.zeros(input_shape), training=False)
+
+
+def apply(model: nn.HybridBlock, x: mx.nd.NDArray, training: bool) -> mx.nd.NDArray:
+    """Run the model; in training mode BatchNorm uses batch statistics and updates its running averages.
+
+    MXNet updates the running averages in the backward pass, not the forward: in training mode this records
+    the forward and runs a backward with a zero output gradient, as a training step would. That backward
+    writes all-zero parameter gradients (and adds zero where ``grad_req`` is ``'add'``), so nothing leaks
+    into a later training step.
+    """
+    if not training:
+        with autograd.pause(train_mode=False):  # no recording, BatchNorm with its running averages
+            return model(x)
+    y = _recorded_training_forward(model, x)
+    y.backward(mx.nd.zeros_like(y))
+    return y
+
+
+def _recorded_training_forward(model: nn.HybridBlock, x: mx.nd.NDArray) -> mx.nd.NDArray:
+    """The training-mode output, recorded for a backward that reaches every BatchNorm.
+
+    MXNet's backward skips layers that lead to no gradient, and with them their running-average updates:
+    where parameters are frozen (``grad_req='null'``) the statistics would stay, and with all frozen the
+    backward fails. A gradient buffer on (a copy of) the input puts every layer on a gradient's path.
+    """
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record(train_mode=True):
+        return model(x)
+
+
+def part_outputs(model: nn.HybridBlock, x: mx.nd.NDArray) -> list[tuple[str, mx.nd.NDArray]]:
+    """(name, output) of each top-level part of a ResNet in inference mode; one entry for a block."""
+    if not isinstance(model, ResNet):
+        return [(type(model).__name__, apply(model, x, training=False))]
+    outputs = []
+    for name in model.spec.part_names:
+        x = apply(getattr(model.net, name), x, training=False)
+        outputs.append((name, x))
+    return outputs
+
+
+def trainable_count(model: nn.HybridBlock) -> int:
+    """Number of trainable parameters (BatchNorm running statistics are parameters with ``grad_req='null'``)."""
+    return sum(int(np.prod(p.shape)) for p in model.collect_params().values() if p.grad_req != "null")
+
+
+#: Canonical tensor name -> attribute of the Gluon layer that holds it, for each kind of layer.
+_NATIVE_NAMES: dict[type, dict[str, str]] = {
+    ConvSpec: {"weight": "weight", "bias": "bias"},
+    BatchNormSpec: {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"},
+    DenseSpec: {"weight": "weight", "bias": "bias"},
+}
+#: Canonical names of the BatchNorm statistics: Gluon parameters, but not weights (torch's buffers).
+_STATISTICS = ("running_mean", "running_var")
+
+
+def _native_items(model: nn.HybridBlock) -> dict[str, gluon.Parameter]:
+    """Canonical name -> native parameter, found by walking the blocks by their canonical names.
+
+    Gluon's own parameter names carry automatic prefixes (``conv0_weight``...) that depend on how many
+    layers the process has created; they are never parsed. Gluon's layouts (OIHW kernels, (out, in) dense
+    weights) are the canonical ones.
+    """
+    layers: list[tuple[str, nn.HybridBlock, LayerSpec]] = []  # (canonical prefix, native layer, description)
+
+    def add(prefix: str, parent: nn.HybridBlock, described: dict[str, LayerSpec]) -> None:
+        layers.extend((prefix + name, getattr(parent, name), layer) for name, layer in described.items())
+
+    if isinstance(model, ResNet):
+        add("b1.", model.net.b1, model.spec.stem.layers())
+        for stage_name, blocks in model.spec.stages:
+            stage = getattr(model.net, stage_name)
+            for index, block in enumerate(blocks):
+                add(f"{stage_name}.{index}.", stage[index], block.layers())
+        add("last.", model.net.last, model.spec.head.layers())
+    else:
+        add("", model, model.spec.layers())
+    items = {}
+    for prefix, native, layer in layers:
+        for canonical, attribute in _NATIVE_NAMES[type(layer)].items():
+            param = getattr(native, attribute)
+            if param is not None:  # a convolution without bias has bias None
+                items[f"{prefix}.{canonical}"] = param
+    return items
+
+
+def get_arrays(model: nn.HybridBlock) -> dict[str, np.ndarray]:
+    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    return {name: param.data().asnumpy() for name, param in _native_items(model).items()}
+
+
+def set_arrays(model: nn.HybridBlock, arrays: dict[str, np.ndarray]) -> None:
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    native = _native_items(model)
+    for name, value in arrays.items():
+        # set_data copies into the existing arrays, which a hybridized model's cached graph reads.
+        native[name].set_data(to_native(value))
+
+
+def _native_grads(model: nn.HybridBlock) -> dict[str, np.ndarray]:
+    """Canonical name -> gradient of each trainable tensor, in canonical layout."""
+    return {
+        name: np.zeros(p.shape, np.float32) if p.grad_req == "null" else p.grad().asnumpy()
+        for name, p in _native_items(model).items()
+        if not name.endswith(_STATISTICS)
+    }
+
+
+def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Training-mode output for an NCHW batch and the gradients of ``sum(output * output_grad)``.
+
+    Gradients come back by canonical name in canonical layout. BatchNorm updates its running averages as
+    in a training step.
+    """
+    build(model, x.shape)
+    # Not apply(training=True): its own zero-gradient backward would update the running averages twice.
+    y = _recorded_training_forward(model, to_native(x))
+    y.backward(to_native(output_grad))  # grad_req 'write': overwrites any earlier gradient
+    return to_numpy(y), _native_grads(model)
+
+
+def make_train_step(model: nn.HybridBlock, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    model.hybridize()  # the framework's fast path: one cached graph per input shape
+    _initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
+    trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+        with autograd.record(train_mode=True):
+            loss = loss_fn(model(to_native(x)), mx.nd.array(labels, dtype=np.float32))  # one loss per example
+        loss.backward()  # gradient of the sum ...
+        trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
+        return float(loss.mean().asscalar())
+
+    return train_step
+
+
+def make_predict(model: nn.HybridBlock) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+    model.hybridize()  # the framework's fast path, as in make_train_step
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return to_numpy(apply(model, to_native(x), training=False))
+
+    return predict

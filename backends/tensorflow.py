@@ -1,0 +1,439 @@
+"""The chapter's models as Keras 3 layers and models on TensorFlow (NHWC), and the hooks the common API calls.
+
+The four backend modules read side by side: the same names in the same order with the same docstrings,
+so that a diff between two of them shows only what differs between the frameworks.
+
+The blocks are ``keras.layers.Layer``s and the network a ``keras.Model``, as Keras advises: a Layer for a
+piece nested inside a network, a Model for the outer object that is trained and saved. A block still works
+on its own (every hook below takes a Layer), without the training machinery a Model would carry into each
+stage. Unlike the book's code, every ``call`` takes ``training`` and hands it to BatchNorm: under Keras 3 the
+book's models train with BatchNorm in inference mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf  # before keras: where TensorFlow is missing or broken, its own error is the one reported
+
+import keras  # Keras 3, the same as tf.keras; imported after TensorFlow on purpose (isort: skip)
+
+from resnet import specs
+from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec, ModelSpec
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"the tensorflow backend needs Keras running on TensorFlow, but Keras is set to {keras.backend.backend()!r} "
+        "(KERAS_BACKEND or ~/.keras/keras.json); set KERAS_BACKEND=tensorflow"
+    )
+
+NAME = "tensorflow"
+LAYOUT = "NHWC"
+
+__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual"]
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+
+def _spatial_padding(padding: int) -> list[list[int]]:
+    """NHWC paddings for ``tf.pad`` / ``tf.nn.max_pool2d``: symmetric on height and width only."""
+    return [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+
+
+class Conv2d(keras.layers.Layer):
+    """A convolution with explicit symmetric zero padding and groups, on ``tf.nn.conv2d``.
+
+    Keras' own ``Conv2D`` pads only ``'valid'`` or ``'same'`` (asymmetric at stride 2: other numbers from the same
+    weights) and runs grouped convolutions through XLA, about 100x slower on CPU. ``tf.nn.conv2d``
+    takes a grouped kernel (HWIO, I = input channels // groups) directly on its fast oneDNN path. The input is
+    padded with ``tf.pad`` and convolved VALID: given explicit paddings instead, the CPU kernel has no gradient
+    for grouped convolutions. Initialised as Keras' ``Conv2D``: Glorot-uniform kernel, zero bias.
+    """
+
+    def __init__(self, spec: ConvSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.bias = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        c = self.spec
+        self.kernel = self.add_weight(
+            name="kernel", shape=(c.kernel, c.kernel, input_shape[-1] // c.groups, c.out_channels),
+            initializer="glorot_uniform",
+        )
+        if c.bias:
+            self.bias = self.add_weight(name="bias", shape=(c.out_channels,), initializer="zeros")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        if self.spec.padding:
+            x = tf.pad(x, _spatial_padding(self.spec.padding))
+        y = tf.nn.conv2d(x, self.kernel, self.spec.stride, "VALID")
+        return y if self.bias is None else tf.nn.bias_add(y, self.bias)
+
+
+class MaxPool2d(keras.layers.Layer):
+    """Max pooling with explicit symmetric padding, where padded cells never win (Keras' pads only 'same')."""
+
+    def __init__(self, kernel: int, stride: int, padding: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        # Explicit paddings in max pooling are ignored cells (minus infinity), not zeros.
+        return tf.nn.max_pool2d(x, self.kernel, self.stride, _spatial_padding(self.padding))
+
+
+class Sequential(keras.Sequential):
+    """``keras.Sequential`` that can also be indexed (``stage[0]``) and measured (``len``), like PyTorch's."""
+
+    def __getitem__(self, index: int) -> keras.layers.Layer:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def make_layer(layer: LayerSpec) -> keras.layers.Layer:
+    """The native layer for a layer description, its input size inferred at the first call."""
+    if isinstance(layer, ConvSpec):
+        return Conv2d(layer)
+    if isinstance(layer, BatchNormSpec):
+        # Keras' momentum is the weight of the old running value; its running variance averages the biased
+        # batch variance, the canonical rule.
+        return keras.layers.BatchNormalization(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON)
+    if isinstance(layer, DenseSpec):
+        return keras.layers.Dense(layer.out_features)
+    raise TypeError(f"unknown layer description {layer!r}")
+
+
+def _add_layers(module: keras.layers.Layer, spec: BlockSpec) -> None:
+    """Create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
+    for name, layer in spec.layers().items():
+        setattr(module, name, make_layer(layer))
+
+
+def _check_input(module: keras.layers.Layer, input_shape: tuple[int | None, ...]) -> None:
+    # The identity shortcut needs the input to have the output's shape; say so instead of a broadcast error.
+    # Blocks check in build (the first call), where Keras passes errors on unchanged, and in every call, where
+    # it prefixes them with the call's arguments.
+    if not module.spec.use_1x1conv:
+        specs.check_block_input(module.spec, input_shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class Residual(keras.layers.Layer):
+    """The residual block of ResNet: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: put a 1x1 convolution on the shortcut, to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the 1x1 shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.residual(num_channels, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv3 = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = self.bn2(self.conv2(Y), training=training)
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return tf.nn.relu(Y + X)
+
+
+class ResNeXtBlock(keras.layers.Layer):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv (each with BN), plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels.
+        groups: the number of groups (cardinality) of the 3x3 convolution, as in the chapter's text and the
+            ResNeXt paper; each group has ``round(num_channels * bot_mul) // groups`` channels. The book's
+            code passes ``bot_channels // groups`` to the convolution, so there ``groups`` is the width of
+            each group: the book's ``ResNeXtBlock(32, 16, 1)`` (2 groups of 16) is ``ResNeXtBlock(32, 2, 1)``.
+        bot_mul: bottleneck width as a multiple of ``num_channels``.
+        use_1x1conv: put a 1x1 convolution and BN on the shortcut.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        groups: int,
+        bot_mul: float,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.resnext(num_channels, groups, bot_mul, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.conv4 = self.bn4 = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = tf.nn.relu(self.bn2(self.conv2(Y), training=training))
+        Y = self.bn3(self.conv3(Y), training=training)
+        if self.conv4 is not None:
+            X = self.bn4(self.conv4(X), training=training)
+        return tf.nn.relu(Y + X)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def make_block(spec: BlockSpec) -> keras.layers.Layer:
+    """The native block for a block description."""
+    if isinstance(spec, specs.ResidualSpec):
+        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
+    return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+
+
+class ResNet(keras.Model):
+    """The chapter's ResNet: the stem ``b1``, one stage per ``arch`` entry (``b2``, ``b3``...), the head ``last``.
+
+    Args:
+        arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
+            (2, 512))`` for ResNet-18.
+        num_classes: outputs of the final dense layer.
+    """
+
+    def __init__(self, arch: Sequence[Sequence[int]], num_classes: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.book_resnet(arch, num_classes)
+        # The parts in the order of spec.part_names: b1, the stages, last (the hooks below rely on it).
+        parts = [self.b1()]
+        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, arch):
+            parts.append(self.block(num_residuals, num_channels, first_block=stage_name == "b2"))
+        parts.append(Sequential([keras.layers.GlobalAveragePooling2D(), make_layer(DenseSpec(num_classes))]))
+        self.net = Sequential(parts)
+
+    def b1(self) -> Sequential:
+        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        layers, pool = self.spec.stem.layers(), self.spec.stem.pool
+        return Sequential(
+            [
+                make_layer(layers["conv"]),
+                make_layer(layers["bn"]),
+                keras.layers.ReLU(),
+                MaxPool2d(pool.kernel, pool.stride, pool.padding),
+            ]
+        )
+
+    def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> Sequential:
+        """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
+        return Sequential([make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)])
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        return self.net(X, training=training)
+
+
+class ResNet18(ResNet):
+    """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
+
+    def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, **kwargs)
+
+
+# ------------------------------------------------------------------------------- common-API hooks
+
+
+def is_native_model(obj: Any) -> bool:
+    """True if ``obj`` is a block or model of this backend."""
+    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+
+
+def spec_of(model: Any) -> BlockSpec | ModelSpec:
+    """The architecture description the model was built from."""
+    return model.spec
+
+
+def to_native(x: np.ndarray) -> tf.Tensor:
+    """A float32 NCHW NumPy array as a native tensor (NHWC: transposed; 2-D arrays unchanged)."""
+    x = np.asarray(x, dtype=np.float32)
+    return tf.constant(np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x)
+
+
+def to_numpy(y: tf.Tensor) -> np.ndarray:
+    """A native tensor as a NumPy array in NCHW order."""
+    y = np.asarray(y)
+    return np.ascontiguousarray(np.transpose(y, (0, 3, 1, 2))) if y.ndim == 4 else y
+
+
+def _named_layers(model: keras.layers.Layer) -> dict[str, keras.layers.Layer]:
+    """Canonical layer name -> native layer with weights, walked through our own attributes in the
+    description's order (never through Keras' generated names): ``conv1``, or ``b2.0.conv1`` in a ResNet."""
+    if not isinstance(model, ResNet):
+        return {name: getattr(model, name) for name in model.spec.layers()}
+    spec, (stem, *stages, head) = model.spec, model.net.layers
+    layers = dict(zip((f"b1.{name}" for name in spec.stem.layers()), stem.layers))  # conv, bn: the first two
+    for (stage_name, _), stage in zip(spec.stages, stages):
+        for index, block in enumerate(stage.layers):
+            layers.update({f"{stage_name}.{index}.{name}": layer for name, layer in _named_layers(block).items()})
+    layers["last.fc"] = head.layers[-1]
+    return layers
+
+
+def is_built(model: keras.layers.Layer) -> bool:
+    """True once every lazy layer knows its input size and has its weights."""
+    return all(layer.built for layer in _named_layers(model).values())
+
+
+def build(model: keras.layers.Layer, input_shape: tuple[int, ...]) -> None:
+    """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
+    if not is_built(model):
+        apply(model, to_native(np.zeros(input_shape, np.float32)), training=False)
+
+
+def apply(model: keras.layers.Layer, x: tf.Tensor, training: bool) -> tf.Tensor:
+    """Run the model; in training mode BatchNorm uses batch statistics and updates its running averages."""
+    return model(x, training=training)
+
+
+def part_outputs(model: keras.layers.Layer, x: tf.Tensor) -> list[tuple[str, tf.Tensor]]:
+    """(name, output) of each top-level part of a ResNet in inference mode; one entry for a block."""
+    if not isinstance(model, ResNet):
+        return [(type(model).__name__, apply(model, x, training=False))]
+    outputs = []
+    for name, part in zip(model.spec.part_names, model.net.layers):
+        x = apply(part, x, training=False)
+        outputs.append((name, x))
+    return outputs
+
+
+def trainable_count(model: keras.layers.Layer) -> int:
+    """Number of trainable parameters (BatchNorm running statistics are non-trainable weights in Keras)."""
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+# The attribute of each Keras layer that holds a canonical tensor, by the tensor's canonical suffix.
+_KERAS_NAMES = {
+    Conv2d: {"weight": "kernel", "bias": "bias"},
+    keras.layers.Dense: {"weight": "kernel", "bias": "bias"},
+    keras.layers.BatchNormalization: {
+        "weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"
+    },
+}
+
+
+def _native_items(model: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """Canonical name -> native variable, walked through the layers named by the description."""
+    items = {}
+    for prefix, layer in _named_layers(model).items():
+        for suffix, attribute in _KERAS_NAMES[type(layer)].items():
+            variable = getattr(layer, attribute)
+            if variable is not None:  # a convolution without bias
+                items[f"{prefix}.{suffix}"] = variable
+    return items
+
+
+def _to_canonical(value: np.ndarray) -> np.ndarray:
+    """Native layout -> canonical: HWIO kernels to OIHW, (in, out) dense weights to (out, in)."""
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    return np.ascontiguousarray(value.T) if value.ndim == 2 else value.copy()
+
+
+def _from_canonical(value: np.ndarray) -> np.ndarray:
+    """Canonical layout -> native: OIHW kernels to HWIO, (out, in) dense weights to (in, out)."""
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    return value.T if value.ndim == 2 else value
+
+
+def get_arrays(model: keras.layers.Layer) -> dict[str, np.ndarray]:
+    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    return {name: _to_canonical(variable.numpy()) for name, variable in _native_items(model).items()}
+
+
+def set_arrays(model: keras.layers.Layer, arrays: dict[str, np.ndarray]) -> None:
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    native = _native_items(model)
+    for name, value in arrays.items():
+        native[name].assign(_from_canonical(value))
+
+
+def _trainable_items(model: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """The trainable entries of ``_native_items`` (BatchNorm running statistics excluded)."""
+    return {name: variable for name, variable in _native_items(model).items() if variable.trainable}
+
+
+def _native_grads(model: keras.layers.Layer, grads: Sequence[tf.Tensor | None]) -> dict[str, np.ndarray]:
+    """Canonical name -> gradient of each trainable tensor, in canonical layout (``grads``: the tape's
+    gradients, in the order of ``_trainable_items``)."""
+    return {
+        name: np.zeros(variable.shape, np.float32) if grad is None else _to_canonical(grad)
+        for (name, variable), grad in zip(_trainable_items(model).items(), grads)
+    }
+
+
+def vjp(model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Training-mode output for an NCHW batch and the gradients of ``sum(output * output_grad)``.
+
+    Gradients come back by canonical name in canonical layout. BatchNorm updates its running averages as
+    in a training step.
+    """
+    build(model, x.shape)
+    variables = list(_trainable_items(model).values())
+    with tf.GradientTape() as tape:
+        y = apply(model, to_native(x), training=True)
+    grads = tape.gradient(y, variables, output_gradients=to_native(output_grad))
+    return to_numpy(y), _native_grads(model, grads)
+
+
+def make_train_step(model: keras.layers.Layer, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+
+    # Compiled once per input shape; reduce_retracing makes a second shape (a last, smaller batch) trace a
+    # shape-generic version instead of one graph per size.
+    @tf.function(reduce_retracing=True)
+    def compiled_step(x: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply(grads, model.trainable_weights)
+        return loss
+
+    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+        if not optimizer.built:  # create the weights and the optimizer's state outside the compiled function
+            build(model, x.shape)
+            optimizer.build(model.trainable_weights)
+        return float(compiled_step(to_native(x), tf.constant(np.asarray(labels, dtype=np.int64))))
+
+    return train_step
+
+
+def make_predict(model: keras.layers.Layer) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+
+    # Compiled like the training step (TensorFlow's fast path), one shape-generic trace for a smaller last batch.
+    @tf.function(reduce_retracing=True)
+    def compiled_predict(x: tf.Tensor) -> tf.Tensor:
+        return model(x, training=False)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        build(model, x.shape)  # create the weights outside the compiled function
+        return to_numpy(compiled_predict(to_native(x)))
+
+    return predict

@@ -1,0 +1,208 @@
+"""The data pipeline: IDX parsing, checksummed atomic downloads (against a local server), batches."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from resnet import data
+from resnet.data import Batches, bilinear_resize, load_dataset, load_fashion_mnist
+from resnet.download import DownloadError, download
+from resnet.idx import IDXError, read_idx, write_idx
+
+
+def fake_fashion_files(directory, n_train=64, n_test=32):
+    """Write the four Fashion-MNIST files with small random contents; returns name -> (bytes, md5)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    files = {}
+    for name, array in arrays.items():
+        write_idx(array, directory / name)
+        content = (directory / name).read_bytes()
+        files[name] = (content, hashlib.md5(content).hexdigest())
+    return files, arrays
+
+
+class Server:
+    """A local HTTP server on 127.0.0.1 serving ``files``; ``mode`` per name: ok, corrupt, truncated."""
+
+    def __init__(self, files):
+        self.files, self.mode, self.requests = files, {}, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append(name)
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                mode = server.mode.get(name, "ok")
+                if mode == "corrupt":
+                    body = body[:-1] + bytes([body[-1] ^ 0xFF])
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                # "truncated": promise the whole file, send half, drop the connection (an interrupted transfer)
+                self.wfile.write(body[: len(body) // 2] if mode == "truncated" else body)
+                if mode == "truncated":
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fashion_server(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    source.mkdir()
+    files, arrays = fake_fashion_files(source)
+    monkeypatch.setattr(data, "FASHION_MNIST_FILES", {name: md5 for name, (_, md5) in files.items()})
+    with Server({name: content for name, (content, _) in files.items()}) as server:
+        monkeypatch.setattr(data, "FASHION_MNIST_URLS", [server.url])
+        monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
+        yield server, arrays
+
+
+def test_download_and_parse(fashion_server, tmp_path):
+    server, arrays = fashion_server
+    dataset = load_fashion_mnist(tmp_path / "cache")
+    assert dataset.train_images.shape == (64, 1, 28, 28) and dataset.val_images.shape == (32, 1, 28, 28)
+    np.testing.assert_array_equal(dataset.train_images[:, 0], arrays["train-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(dataset.val_labels, arrays["t10k-labels-idx1-ubyte.gz"])
+    assert sorted(os.listdir(tmp_path / "cache" / "fashion-mnist")) == sorted(data.FASHION_MNIST_FILES)
+    # cached: a second load downloads nothing
+    count = len(server.requests)
+    load_fashion_mnist(tmp_path / "cache")
+    assert len(server.requests) == count
+
+
+@pytest.mark.parametrize("mode, message", [("corrupt", "checksum mismatch"), ("truncated", "(?s)could not download train-labels.*(IncompleteRead|stopped after)")])
+def test_bad_transfer_leaves_nothing_in_cache(fashion_server, tmp_path, mode, message):
+    server, _ = fashion_server
+    server.mode["train-labels-idx1-ubyte.gz"] = mode
+    with pytest.raises(DownloadError, match=message):
+        load_fashion_mnist(tmp_path / "cache")
+    left = os.listdir(tmp_path / "cache" / "fashion-mnist")
+    assert "train-labels-idx1-ubyte.gz" not in left
+    assert not [name for name in left if name.endswith(".tmp")], left
+    # once the server is healthy again, the download completes
+    server.mode.clear()
+    assert load_fashion_mnist(tmp_path / "cache").train_labels.shape == (64,)
+
+
+def test_corrupt_cached_file_is_replaced(fashion_server, tmp_path):
+    load_fashion_mnist(tmp_path / "cache")
+    cached = tmp_path / "cache" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    cached.write_bytes(b"garbage")
+    assert load_fashion_mnist(tmp_path / "cache").val_images.shape == (32, 1, 28, 28)
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == data.FASHION_MNIST_FILES[cached.name]
+
+
+def test_unreachable_everywhere(tmp_path):
+    with pytest.raises(DownloadError, match="(?s)could not download x.gz.*published MD5 abc"):
+        download("x.gz", "abc", tmp_path, ["http://127.0.0.1:9/"], timeout=2)
+    assert os.listdir(tmp_path) == []
+
+
+def test_auto_falls_back_to_digits_loudly(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://127.0.0.1:9/"])
+    monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
+    dataset = load_dataset("auto", tmp_path)
+    assert dataset.name == "digits" and dataset.note.startswith("WARNING: Fashion-MNIST is neither cached")
+    with pytest.raises(DownloadError):
+        load_dataset("fashion-mnist", tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'. Known datasets: auto, fashion-mnist, digits"):
+        load_dataset("cifar")
+
+
+def test_digits_offline_set():
+    dataset = load_dataset("digits")
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_images.shape[1:] == (1, 8, 8)
+    assert len(dataset.train_images) + len(dataset.val_images) == 1797
+    assert dataset.train_images.max() == 255 and set(np.unique(dataset.train_labels)) == set(range(10))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x01\x08\x03", "bad magic number"),
+        (b"\x00\x00\x0d\x03" + b"\x00" * 12, "data type code 0x0d"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x05abc", "11 bytes, but dimensions .5,. need 13"),
+        (b"\x00\x00\x08\x03\x00\x00", "truncated header"),
+        (b"\x00\x00", "too short"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x02abc", "need 10"),
+    ],
+)
+def test_malformed_idx(tmp_path, content, message):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(IDXError, match=message) as caught:
+        read_idx(path)
+    assert str(path) in str(caught.value)
+
+
+def test_idx_wrong_dimensions_and_bad_gzip(tmp_path):
+    write_idx(np.zeros((2, 3), np.uint8), tmp_path / "a.gz")
+    with pytest.raises(IDXError, match="2 dimensions, expected 3"):
+        read_idx(tmp_path / "a.gz", expected_ndim=3)
+    (tmp_path / "b.gz").write_bytes(gzip.compress(b"abc")[:-4])
+    with pytest.raises(IDXError, match="b.gz: cannot be read as gzip"):
+        read_idx(tmp_path / "b.gz")
+
+
+def test_batches_are_deterministic_and_cover_the_data():
+    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)
+    labels = np.arange(10)
+    a = Batches(images, labels, 4, resize=None, shuffle=True, seed=3)
+    b = Batches(images, labels, 4, resize=None, shuffle=True, seed=3)
+    for epoch in (0, 1):
+        first, second = list(a.epoch(epoch)), list(b.epoch(epoch))
+        assert [len(y) for _, y in first] == [4, 4, 2]
+        for (x1, y1), (x2, y2) in zip(first, second):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+        assert sorted(np.concatenate([y for _, y in first])) == list(range(10))
+    assert [y.tolist() for _, y in a.epoch(0)] != [y.tolist() for _, y in a.epoch(1)]
+    x, _ = next(iter(Batches(images, labels, 10)))
+    assert x.dtype == np.float32 and x.max() == pytest.approx(39 / 255)
+
+
+def test_bilinear_resize_known_values():
+    image = np.array([[[[0.0, 1.0], [2.0, 3.0]]]], dtype=np.float32)
+    out = bilinear_resize(image, 4)
+    # half-pixel centres: output pixel centres at -0.25, 0.25, 0.75, 1.25 in input coordinates, clamped
+    np.testing.assert_allclose(out[0, 0, 0], [0.0, 0.25, 0.75, 1.0])
+    np.testing.assert_allclose(out[0, 0, :, 0], [0.0, 0.5, 1.5, 2.0])
+    assert bilinear_resize(np.ones((2, 1, 28, 28)), 96).shape == (2, 1, 96, 96)
+
+
+def test_batches_resize_and_scale():
+    images = np.full((3, 1, 28, 28), 255, np.uint8)
+    x, _ = next(Batches(images, np.zeros(3), 2, resize=96).epoch(0))
+    assert x.shape == (2, 1, 96, 96)
+    np.testing.assert_allclose(x, 1.0, atol=1e-6)

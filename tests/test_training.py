@@ -1,0 +1,156 @@
+"""Training the chapter's recipe in every backend: learning, resume, agreement with the reference, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import resnet.training as training
+from resnet import specs
+from resnet.data import Batches, Dataset, load_digits
+from resnet.init import initial_weights
+from resnet.reference import Reference
+from resnet.training import TrainConfig, fit
+from resnet.weights import read_weights, write_weights
+
+QUICK = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
+
+
+def subset(dataset: Dataset, n_train: int, n_val: int) -> Dataset:
+    return Dataset(dataset.name, dataset.train_images[:n_train], dataset.train_labels[:n_train],
+                   dataset.val_images[:n_val], dataset.val_labels[:n_val], dataset.classes, dataset.note)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def test_short_run_learns(rn, digits, tmp_path):
+    history = fit(rn.ResNet18(), digits, QUICK, tmp_path, progress=False, log=lambda line: None)
+    losses = history.column("train_loss")
+    assert losses[-1] < losses[0]
+    assert history.rows[-1]["val_acc"] > 0.5  # chance is 0.1
+    assert {"metrics.csv", "curves.png", "last.safetensors", "run.json"} <= set(os.listdir(tmp_path))
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "dataset"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and rows[1]["dataset"] == "digits"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def noise_dataset(n: int, size: int) -> Dataset:
+    """Seeded random images and labels. Real images have flat backgrounds whose max-pool windows hold
+    near-ties; float32 and float64 break those differently, and once one flips, ReLU networks' training
+    paths drift apart within a few steps (measured: digits at 16x16 drift past 1e-3 after ~11 steps).
+    Noise has no flat regions, so 20 steps stay within 1e-6 of the reference (measured in torch)."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8), rng.integers(0, 10, n)
+    return Dataset("noise", images, labels, images[:32], labels[:32], tuple("0123456789"))
+
+
+def test_first_steps_match_reference(rn, tmp_path):
+    """From the same --init weights file and seed, the first 20 step losses equal the NumPy reference's,
+    so every backend's are equal to each other's."""
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.01, resize=None, seed=0)
+    data = noise_dataset(20 * 32, 16)
+    spec = specs.book_resnet(specs.RESNET18_ARCH, 10)
+    weights = initial_weights(spec, (1, 1, 16, 16), seed=5)
+    write_weights(weights, tmp_path / "init.safetensors", {})
+    history = fit(rn.ResNet18(), data, config, init=tmp_path / "init.safetensors", progress=False,
+                  log=lambda line: None)
+    reference = Reference(spec, weights)
+    batches = Batches(data.train_images, data.train_labels, 32, None, shuffle=True, seed=config.seed)
+    expected = [reference.sgd_step(x, y, config.lr) for x, y in batches.epoch(1)]
+    np.testing.assert_allclose(history.step_losses, expected, rtol=1e-3)
+
+
+def test_resume_gives_the_uninterrupted_result(rn, digits, tmp_path, monkeypatch):
+    data = subset(digits, 256, 64)
+    whole = fit(rn.ResNet18(), data, QUICK, tmp_path / "whole", progress=False, log=lambda line: None)
+
+    real_epoch = training._train_epoch
+
+    def killed_in_epoch_2(step, batches, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the run dies during its second epoch
+        return real_epoch(step, batches, epoch, *args)
+
+    monkeypatch.setattr(training, "_train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(rn.ResNet18(), data, QUICK, tmp_path / "killed", progress=False, log=lambda line: None)
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    assert read_weights(tmp_path / "killed" / "last.safetensors")[1]["epoch"] == "1"
+    resumed = fit(rn.ResNet18(), data, QUICK, tmp_path / "killed", resume=True, progress=False, log=lambda line: None)
+
+    drop = lambda rows: [{k: v for k, v in row.items() if k != "images_per_s"} for row in rows]  # noqa: E731
+    assert drop(resumed.rows) == drop(whole.rows)
+    a, _ = read_weights(tmp_path / "whole" / "last.safetensors")
+    b, _ = read_weights(tmp_path / "killed" / "last.safetensors")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], atol=1e-6, err_msg=name)
+
+
+def test_checkpoint_evaluates_the_same_in_the_reference(rn, digits, tmp_path):
+    """A checkpoint trained here gives the same accuracy in the reference (and so in every other backend)."""
+    data = subset(digits, 256, 96)
+    history = fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 16), tmp_path, progress=False, log=lambda line: None)
+    arrays, _ = read_weights(tmp_path / "last.safetensors")
+    reference = Reference(specs.book_resnet(specs.RESNET18_ARCH, 10), arrays)
+    x, labels = next(Batches(data.val_images, data.val_labels, 96, 16).epoch(0))
+    accuracy = float((reference.forward(x).argmax(axis=1) == labels).mean())
+    assert accuracy == pytest.approx(history.rows[-1]["val_acc"], abs=1e-6)  # metrics keep 6 decimals
+
+
+def test_resume_refuses_another_model(rn, digits, tmp_path):
+    data = subset(digits, 64, 32)
+    fit(rn.ResNet18(), data, TrainConfig(1, 32, 0.05, 16), tmp_path, progress=False, log=lambda line: None)
+    with pytest.raises(ValueError, match="saved from a different model"):
+        fit(rn.ResNet(((1, 64), (1, 128))), data, TrainConfig(2, 32, 0.05, 16), tmp_path, resume=True,
+            progress=False, log=lambda line: None)
+    with pytest.raises(ValueError, match="other settings .*lr: 0.05 -> 0.1"):
+        fit(rn.ResNet18(), data, TrainConfig(2, 32, 0.1, 16), tmp_path, resume=True, progress=False,
+            log=lambda line: None)
+
+
+def run_cli(*args, backend, cwd):
+    env = {**os.environ, "RESNET_BACKEND": backend}
+    return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=600)
+
+
+def test_cli_train_quick_run(backend_name, tmp_path):
+    result = run_cli("train", "--dataset", "digits", "--epochs", "1", "--resize", "16", "--batch-size", "64",
+                     "--lr", "0.05", "--out", "run", "--no-progress", backend=backend_name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("final validation accuracy: ") and f"{backend_name})" in last and "OFFLINE" in last
+    assert {"metrics.csv", "curves.png", "last.safetensors", "run.json"} <= set(os.listdir(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "--model", "resnet99"), "unknown model 'resnet99'. Known models:"),
+        (("train", "--epochs", "0"), "epochs must be a positive integer"),
+        (("train", "--resize", "-3"), "resize must be a positive integer"),
+        (("train", "--out", "/proc/no/such/dir", "--dataset", "digits"), "not writable"),
+        (("train", "--resume", "--out", "empty"), "no run to resume in empty"),
+        (("summary", "resnet99"), "unknown model"),
+    ],
+)
+def test_cli_errors(backend_name, tmp_path, args, message):
+    result = run_cli(*args, backend=backend_name, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+
+
+def test_cli_summary(backend_name, tmp_path):
+    result = run_cli("summary", "resnet18", backend=backend_name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "b5    output shape: (1, 512, 3, 3)" in result.stdout and "11,178,378" in result.stdout
