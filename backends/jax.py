@@ -1,0 +1,624 @@
+"""The chapter's models as Flax ``linen`` Modules (NHWC), and the hooks the common API calls.
+
+The four backend modules read side by side: the same names in the same order with the same docstrings,
+so that a diff between two of them shows only what differs between the frameworks.
+
+Flax Modules hold no weights: ``init`` returns them and ``apply`` takes them. The common API keeps them
+in a registry beside each model object (keyed by ``id(model)``, dropped when the model is garbage
+collected): ``variables(model)`` returns ``{'params': ..., 'batch_stats': ...}`` for ``model.apply``, and
+``set_variables(model, variables)`` puts variables obtained with ``init``/``apply`` back.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax import lax
+
+from resnet import specs
+from resnet.specs import (
+    BatchNormSpec,
+    BlockSpec,
+    ConvSpec,
+    DenseSpec,
+    HeadSpec,
+    LayerSpec,
+    ModelSpec,
+    StemSpec,
+)
+
+NAME = "jax"
+LAYOUT = "NHWC"
+
+__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual", "set_variables", "variables"]
+
+Variables = dict[str, Any]  # {'params': {...}, 'batch_stats': {...}}, nested dicts of jax arrays
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+
+class GroupedConvGeneralDilated:
+    """``lax.conv_general_dilated`` for ``nn.Conv(..., conv_general_dilated_cls=GroupedConvGeneralDilated)``.
+
+    The layer stays an ``nn.Conv`` (parameters ``kernel``, HWIO with I = in_channels // groups, and
+    ``bias``); only how a grouped convolution is computed changes. XLA's CPU kernel for
+    ``feature_group_count > 1`` is slow, its backward pass above all: a training step through it is
+    30-100x slower than through the same convolution computed as separate convolutions, one per group,
+    concatenated, or as one dense convolution with a block-diagonal kernel. On CPU this computes it the
+    one of those two ways that was faster for the shape; other devices use ``feature_group_count``. The
+    results agree with ``feature_group_count`` to float32 rounding, gradients included.
+    """
+
+    def __call__(
+        self,
+        lhs: jax.Array,
+        rhs: jax.Array,
+        window_strides: Sequence[int],
+        padding: Any,
+        lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None,
+        dimension_numbers: Any = None,
+        feature_group_count: int = 1,
+        precision: Any = None,
+        **kwargs: Any,
+    ) -> jax.Array:
+        conv = functools.partial(
+            lax.conv_general_dilated,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            precision=precision,
+            **kwargs,
+        )
+        groups = feature_group_count
+        if groups == 1 or jax.default_backend() != "cpu":
+            return conv(lhs, rhs, feature_group_count=groups)
+        # nn.Conv passes channels-last arrays: input (N, H, W, C), kernel (kh, kw, C // groups, out).
+        if _use_block_diagonal(lhs.shape[-1], groups):
+            return conv(lhs, block_diagonal_kernel(rhs, groups))
+        pairs = zip(jnp.split(lhs, groups, axis=-1), jnp.split(rhs, groups, axis=-1))
+        return jnp.concatenate([conv(x, kernel) for x, kernel in pairs], axis=-1)
+
+
+def _use_block_diagonal(in_channels: int, groups: int) -> bool:
+    # The dense convolution does `groups` times the multiply-adds, but in one call; separate convolutions
+    # pay a fixed cost per group. Measured on a 2-core CPU (fwd + bwd, jitted), block-diagonal is faster
+    # while the dense kernel stays small: up to 32 channels, or channels x group width up to 256 (64
+    # channels in groups of 4, 128 in groups of 2); per-group beyond (64 in groups of 8, 128 in groups of 4).
+    return in_channels <= 32 or in_channels * (in_channels // groups) <= 256
+
+
+def block_diagonal_kernel(kernel: jax.Array, groups: int) -> jax.Array:
+    """A grouped HWIO kernel (kh, kw, C // groups, out) as the dense (kh, kw, C, out) kernel it acts as:
+    group g's block on the diagonal, zeros elsewhere."""
+    kh, kw, group_in, out = kernel.shape
+    blocks = kernel.reshape(kh, kw, group_in, groups, out // groups)
+    # dense[h, w, G, i, g, o] = blocks[h, w, i, g, o] if G == g else 0
+    dense = jnp.einsum("hwigo,Gg->hwGigo", blocks, jnp.eye(groups, dtype=kernel.dtype))
+    return dense.reshape(kh, kw, groups * group_in, out)
+
+
+def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
+    """The native layer for a layer description, its input size inferred at the first call."""
+    if isinstance(layer, ConvSpec):
+        p = layer.padding  # explicit and symmetric: 'SAME' pads stride-2 layers asymmetrically
+        return nn.Conv(
+            layer.out_channels,
+            (layer.kernel, layer.kernel),
+            layer.stride,
+            ((p, p), (p, p)),
+            feature_group_count=layer.groups,
+            use_bias=layer.bias,
+            conv_general_dilated_cls=GroupedConvGeneralDilated if layer.groups > 1 else None,
+        )
+    if isinstance(layer, BatchNormSpec):
+        # Flax averages the biased batch variance, as specs asks; its momentum weighs the old value.
+        # use_fast_variance=False: E[(x - mean)^2], not E[x^2] - mean^2, which loses digits in float32.
+        return nn.BatchNorm(
+            use_running_average=not training,
+            momentum=1 - specs.BN_MOMENTUM,
+            epsilon=specs.BN_EPSILON,
+            use_fast_variance=False,
+        )
+    if isinstance(layer, DenseSpec):
+        return nn.Dense(layer.out_features)
+    raise TypeError(f"unknown layer description {layer!r}")
+
+
+def _add_layers(module: nn.Module, spec: BlockSpec | StemSpec | HeadSpec, training: bool) -> None:
+    """In ``setup``, create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
+    for name, layer in spec.layers().items():
+        setattr(module, name, make_layer(layer, training))
+
+
+def _check_input(module: nn.Module, x: jax.Array) -> None:
+    # The identity shortcut needs the input to have the output's shape; say so instead of a broadcast error.
+    if not module.spec.use_1x1conv:
+        specs.check_block_input(module.spec, x.shape[-1])
+
+
+def _hashable(value: Any) -> Any:
+    """Lists as tuples, recursively: jax.jit takes a Module as a static argument, so it must hash."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class Residual(nn.Module):
+    """The residual block of ResNet: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: put a 1x1 convolution on the shortcut, to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the 1x1 shortcut), 1 or 2 (or the book's
+            ``(2, 2)``).
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        specs.residual(self.num_channels, self.use_1x1conv, self.strides)  # ValueError now, not at the first init
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> specs.ResidualSpec:
+        """The architecture description the block is built from."""
+        return specs.residual(self.num_channels, self.use_1x1conv, self.strides)
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.conv3 = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return nn.relu(Y + X)
+
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv (each with BN), plus the shortcut, then ReLU.
+
+    Args:
+        num_channels: output channels.
+        groups: the number of groups (cardinality) of the 3x3 convolution, as in the chapter's text and the
+            ResNeXt paper; each group has ``round(num_channels * bot_mul) // groups`` channels. The book's
+            code passes ``bot_channels // groups`` to the convolution, so there ``groups`` is the width of
+            each group: the book's ``ResNeXtBlock(32, 16, 1)`` (2 groups of 16) is ``ResNeXtBlock(32, 2, 1)``.
+        bot_mul: bottleneck width as a multiple of ``num_channels``.
+        use_1x1conv: put a 1x1 convolution and BN on the shortcut.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2 (or the book's ``(2, 2)``).
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    num_channels: int
+    groups: int
+    bot_mul: float
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        specs.resnext(self.num_channels, self.groups, self.bot_mul, self.use_1x1conv, self.strides)  # ValueError now
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> specs.ResNeXtSpec:
+        """The architecture description the block is built from."""
+        return specs.resnext(self.num_channels, self.groups, self.bot_mul, self.use_1x1conv, self.strides)
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.conv4 = self.bn4 = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(self.conv1(X)))
+        Y = nn.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.bn4(self.conv4(X))
+        return nn.relu(Y + X)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def make_block(spec: BlockSpec, training: bool = True, **module_kwargs: Any) -> nn.Module:
+    """The native block for a block description (``module_kwargs``: Flax's ``name`` or ``parent``)."""
+    if isinstance(spec, specs.ResidualSpec):
+        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides, training, **module_kwargs)
+    return ResNeXtBlock(
+        spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides, training, **module_kwargs
+    )
+
+
+# Flax's nn.Sequential names its children layers_0, layers_1...; these three small Modules give the
+# parameter tree the canonical names instead (b1/conv, b2/0/conv1, last/fc), as torch's module tree has.
+
+
+class Stem(nn.Module):
+    """The book's ``b1``: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+
+    spec: StemSpec = StemSpec()
+    training: bool = True
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        pool = self.spec.pool
+        X = nn.relu(self.bn(self.conv(X)))
+        # Explicit padding: nn.max_pool pads with -inf, so padded cells never win.
+        p = pool.padding
+        return nn.max_pool(X, (pool.kernel, pool.kernel), (pool.stride, pool.stride), ((p, p), (p, p)))
+
+
+class Stage(nn.Module):
+    """A stage of blocks, named ``0``, ``1``... in the parameter tree.
+
+    ``stage[i]`` and ``len(stage)`` work as on torch's ``nn.Sequential``; ``stage[i]`` is a new, unbound
+    block built from the same description (a Flax Module is a description; the weights live in variables).
+    """
+
+    blocks: tuple[BlockSpec, ...]
+    training: bool = True
+
+    def setup(self) -> None:
+        self.layers = [make_block(spec, self.training, name=str(i)) for i, spec in enumerate(self.blocks)]
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        for block in self.layers:
+            X = block(X)
+        return X
+
+    @nn.nowrap
+    def __getitem__(self, index: int) -> nn.Module:
+        return make_block(self.blocks[index], self.training, parent=None)
+
+    @nn.nowrap
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+class Head(nn.Module):
+    """The book's ``last``: global average pooling (a mean over height and width) and a dense layer to the
+    classes."""
+
+    spec: HeadSpec
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, training=False)
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        return self.fc(X.mean(axis=(1, 2)))
+
+
+class ResNet(nn.Module):
+    """The chapter's ResNet: the stem ``b1``, one stage per ``arch`` entry (``b2``, ``b3``...), the head ``last``.
+
+    Args:
+        arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
+            (2, 512))`` for ResNet-18.
+        num_classes: outputs of the final dense layer.
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    arch: Sequence[Sequence[int]]
+    num_classes: int = 10
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        specs.book_resnet(self.arch, self.num_classes)  # ValueError now, not at the first init
+        object.__setattr__(self, "arch", _hashable(self.arch))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The architecture description the model is built from."""
+        return specs.book_resnet(self.arch, self.num_classes)
+
+    def setup(self) -> None:
+        # Named at creation, so the parameter tree has the canonical names b1, b2..., last.
+        parts = [self.b1(name="b1")]
+        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, self.arch):
+            parts.append(self.block(num_residuals, num_channels, first_block=stage_name == "b2", name=stage_name))
+        parts.append(Head(self.spec.head, name="last"))
+        self.net = parts
+
+    @nn.nowrap
+    def b1(self, name: str | None = None) -> Stem:
+        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2 (``name``: the
+        Flax name, which the model gives its parts)."""
+        return Stem(self.spec.stem, self.training, name=name)
+
+    @nn.nowrap
+    def block(
+        self, num_residuals: int, num_channels: int, first_block: bool = False, name: str | None = None
+    ) -> Stage:
+        """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width
+        (``name``: the Flax name, which the model gives its parts)."""
+        return Stage(specs.book_stage(num_residuals, num_channels, first_block), self.training, name=name)
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        for part in self.net:
+            X = part(X)
+        return X
+
+    def part_outputs(self, X: jax.Array) -> list[tuple[str, jax.Array]]:
+        """(name, output) of each top-level part: ``b1``, the stages, ``last``."""
+        outputs = []
+        for part in self.net:
+            X = part(X)
+            outputs.append((part.name, X))
+        return outputs
+
+
+def ResNet18(num_classes: int = 10, training: bool = True) -> ResNet:
+    """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
+    return ResNet(specs.RESNET18_ARCH, num_classes, training)
+
+
+# ------------------------------------------------------------------------------------------ variables
+
+_VARIABLES: dict[int, Variables] = {}  # id(model) -> its variables; an entry goes when its model does
+
+
+def variables(model: nn.Module) -> Variables:
+    """The model's variables, ``{'params': ..., 'batch_stats': ...}``, for ``model.apply``.
+
+    A training step donates the arrays to the updated ones (no copy): take them again after training.
+    """
+    if not is_built(model):
+        raise ValueError(
+            "this model has no weights yet: its layers are created on first use. Build it first, for example "
+            "with resnet.output_shape(model, input_shape)."
+        )
+    return dict(_VARIABLES[id(model)])
+
+
+def set_variables(model: nn.Module, variables: Variables) -> None:
+    """Make ``variables`` (as ``model.init`` or ``model.apply(..., mutable=['batch_stats'])`` give them)
+    the model's own. The model takes the arrays themselves: a training step then donates them."""
+    if "params" not in variables:
+        raise ValueError(f"variables need a 'params' collection; got {sorted(variables)}")
+    key = id(model)
+    if key not in _VARIABLES:
+        weakref.finalize(model, _VARIABLES.pop, key, None)
+    _VARIABLES[key] = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+# Jitted once per architecture: a Module (unbound, without weights) hashes and compares by its fields.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module: nn.Module, x: jax.Array) -> Variables:
+    return module.init(jax.random.PRNGKey(0), x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _inference(module: nn.Module, variables: Variables, x: jax.Array) -> jax.Array:
+    return module.apply(variables, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _training(module: nn.Module, variables: Variables, x: jax.Array) -> tuple[jax.Array, Any]:
+    y, updates = module.apply(variables, x, mutable=["batch_stats"])
+    return y, updates["batch_stats"]
+
+
+# ------------------------------------------------------------------------------- common-API hooks
+
+
+def is_native_model(obj: Any) -> bool:
+    """True if ``obj`` is a block or model of this backend."""
+    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+
+
+def spec_of(model: Any) -> BlockSpec | ModelSpec:
+    """The architecture description the model was built from."""
+    return model.spec
+
+
+def to_native(x: np.ndarray) -> jax.Array:
+    """A float32 NCHW NumPy array as a native array in NHWC order (2-D arrays are left as they are)."""
+    x = np.asarray(x, dtype=np.float32)
+    return jnp.asarray(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+
+
+def to_numpy(y: jax.Array) -> np.ndarray:
+    """A native array as a NumPy array in NCHW order."""
+    y = np.array(y)  # a writable copy: NumPy views of jax arrays are read-only
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+def is_built(model: nn.Module) -> bool:
+    """True once the model has its weights (in this module's registry)."""
+    return id(model) in _VARIABLES
+
+
+def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Create the weights of a model's layers for an NCHW input shape (a no-op once built)."""
+    if not is_built(model):
+        n, c, h, w = input_shape
+        set_variables(model, _init(model.clone(training=False), jnp.zeros((n, h, w, c), jnp.float32)))
+
+
+def apply(model: nn.Module, x: jax.Array, training: bool) -> jax.Array:
+    """Run the model; in training mode BatchNorm uses batch statistics and updates its running averages."""
+    if not is_built(model):
+        n, h, w, c = x.shape
+        build(model, (n, c, h, w))
+    state = variables(model)
+    if not training:
+        return _inference(model.clone(training=False), state, x)
+    y, batch_stats = _training(model.clone(training=True), state, x)
+    set_variables(model, {**state, "batch_stats": batch_stats})
+    return y
+
+
+def part_outputs(model: nn.Module, x: jax.Array) -> list[tuple[str, jax.Array]]:
+    """(name, output) of each top-level part of a ResNet in inference mode; one entry for a block."""
+    if not isinstance(model, ResNet):
+        return [(type(model).__name__, apply(model, x, training=False))]
+    return model.clone(training=False).apply(variables(model), x, method=ResNet.part_outputs)
+
+
+def trainable_count(model: nn.Module) -> int:
+    """Number of trainable parameters (BatchNorm running statistics are ``batch_stats``, not ``params``)."""
+    return sum(p.size for p in jax.tree_util.tree_leaves(variables(model)["params"]))
+
+
+# Canonical tensor of each kind of layer -> (Flax collection, variable name).
+_CONV_VARIABLES = {"weight": ("params", "kernel"), "bias": ("params", "bias")}
+_BN_VARIABLES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+# Axes that take a native kernel to the canonical layout: HWIO -> OIHW, (in, out) -> (out, in).
+_CONV_KERNEL_AXES, _DENSE_KERNEL_AXES = (3, 2, 0, 1), (1, 0)
+
+
+def _layer_groups(spec: BlockSpec | ModelSpec) -> Iterator[tuple[tuple[str, ...], dict[str, LayerSpec]]]:
+    """(Flax module path, layers by name) of each block or part; the path joined by dots is the canonical
+    prefix (``("b2", "0")`` -> ``b2.0.``)."""
+    if not isinstance(spec, ModelSpec):
+        yield (), spec.layers()
+        return
+    yield ("b1",), spec.stem.layers()
+    for prefix, block in spec.blocks():
+        yield tuple(prefix.split(".")), block.layers()
+    yield ("last",), spec.head.layers()
+
+
+def _native_items(model: nn.Module) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
+    """Canonical name -> (key in the flattened variables, axes from native to canonical layout or None)."""
+    items = {}
+    for path, layers in _layer_groups(model.spec):
+        for layer_name, layer in layers.items():
+            if isinstance(layer, BatchNormSpec):
+                tensors = _BN_VARIABLES
+            elif isinstance(layer, ConvSpec) and not layer.bias:
+                tensors = {"weight": _CONV_VARIABLES["weight"]}
+            else:
+                tensors = _CONV_VARIABLES
+            kernel_axes = _CONV_KERNEL_AXES if isinstance(layer, ConvSpec) else _DENSE_KERNEL_AXES
+            for tensor, (collection, variable) in tensors.items():
+                name = ".".join((*path, layer_name, tensor))
+                axes = kernel_axes if variable == "kernel" else None
+                items[name] = ((collection, *path, layer_name, variable), axes)
+    return items
+
+
+def _canonical(model: nn.Module, tree: Variables) -> dict[str, np.ndarray]:
+    """Canonical name -> float32 array in canonical layout, for every tensor of ``tree`` (variables or
+    gradients with the same structure)."""
+    flat = traverse_util.flatten_dict(tree)
+    return {
+        name: np.array(np.asarray(flat[key]).transpose(axes) if axes else flat[key], dtype=np.float32)
+        for name, (key, axes) in _native_items(model).items()
+        if key in flat
+    }
+
+
+def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    return _canonical(model, variables(model))
+
+
+def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    native = _native_items(model)
+    flat = traverse_util.flatten_dict(variables(model))
+    for name, value in arrays.items():
+        key, axes = native[name]
+        value = np.asarray(value, dtype=np.float32)
+        flat[key] = jnp.asarray(value.transpose(np.argsort(axes)) if axes else value)
+    set_variables(model, traverse_util.unflatten_dict(flat))
+
+
+def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Training-mode output for an NCHW batch and the gradients of ``sum(output * output_grad)``.
+
+    Gradients come back by canonical name in canonical layout. BatchNorm updates its running averages as
+    in a training step.
+    """
+    build(model, x.shape)
+    state, module = variables(model), model.clone(training=True)
+
+    def forward(params: Any) -> tuple[jax.Array, Any]:
+        return _training(module, {**state, "params": params}, to_native(x))
+
+    y, pullback, batch_stats = jax.vjp(forward, state["params"], has_aux=True)
+    (grads,) = pullback(to_native(output_grad))
+    set_variables(model, {**state, "batch_stats": batch_stats})
+    return to_numpy(y), _canonical(model, {"params": grads})
+
+
+def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    optimizer = optax.sgd(lr)
+    module = model.clone(training=True)
+
+    # The whole step is one XLA computation; the old weights' buffers are donated to the new ones.
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params: Any, batch_stats: Any, opt_state: Any, x: jax.Array, labels: jax.Array) -> tuple:
+        def loss_fn(params: Any) -> tuple[jax.Array, Any]:
+            logits, updates = module.apply(
+                {"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    opt_state = None
+
+    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+        nonlocal opt_state
+        build(model, x.shape)
+        state = variables(model)
+        if opt_state is None:
+            opt_state = optimizer.init(state["params"])
+        params, batch_stats, opt_state, loss = step(
+            state["params"], state["batch_stats"], opt_state, to_native(x), jnp.asarray(labels, dtype=jnp.int32)
+        )
+        set_variables(model, {"params": params, "batch_stats": batch_stats})
+        return float(loss)
+
+    return train_step
+
+
+def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return to_numpy(apply(model, to_native(x), training=False))
+
+    return predict
