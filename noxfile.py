@@ -33,6 +33,10 @@ def cross(session: nox.Session) -> None:
     session.install(".[torch,tensorflow,jax,test]")
     session.install("--no-deps", "mxnet==1.9.1")
     session.run(
-        "pytest", *(session.posargs or ["-q", "tests/test_weights.py", "tests/test_selection.py", "tests/test_shapes.py"]),
+        "pytest",
+        *(session.posargs or [
+            "-q", "tests/test_weights.py", "tests/test_selection.py", "tests/test_shapes.py",
+            "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
+        ]),
         env={"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", **QUIET_TF},
     )

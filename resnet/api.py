@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from resnet import selection
-from resnet.specs import ModelSpec
 
 __all__ = [
     "backend_of",
     "forward",
     "layer_summary",
+    "macs",
     "num_params",
     "output_shape",
     "random_input",
@@ -52,8 +52,8 @@ def backend_of(model: Any) -> ModuleType:
     if not module.is_native_model(model):
         raise TypeError(
             f"{type(model).__module__}.{type(model).__qualname__} is not a model of this package's "
-            f"{module.NAME} backend. Build one with resnet.Residual, resnet.ResNeXtBlock, resnet.ResNet or "
-            "resnet.ResNet18 (or from resnet.backends.<name>)."
+            f"{module.NAME} backend. Build one with resnet.Residual, resnet.ResNeXtBlock, resnet.ResNet, "
+            "resnet.ResNet18 or the family's builders such as resnet.resnet50 (or from resnet.backends.<name>)."
         )
     return module
 
@@ -90,6 +90,15 @@ def num_params(model: Any, input_shape: Sequence[int]) -> int:
     return int(bk.trainable_count(model))
 
 
+def macs(model: Any, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass over an NCHW batch, counted from the model's description (nothing is
+    built or run): convolutions and the dense layer, as torchvision's published figures count them (see
+    ``resnet.shapes.macs``). ``resnet.macs(resnet.resnet50(), (1, 3, 224, 224))`` is 4.09 G."""
+    from resnet.shapes import macs as count
+
+    return count(backend_of(model).spec_of(model), check_input_shape(input_shape))
+
+
 def random_input(input_shape: Sequence[int], seed: int = 0) -> Any:
     """A standard-normal float32 tensor of NCHW ``input_shape``, in the selected backend's native layout
     (NHWC for TensorFlow and JAX). The same seed gives the same values in every backend."""
@@ -118,8 +127,3 @@ def forward(model: Any, x: np.ndarray, training: bool = False) -> np.ndarray:
 def spec_of(model: Any) -> Any:
     """The architecture description a model of this package was built from."""
     return backend_of(model).spec_of(model)
-
-
-def is_model(spec: Any) -> bool:
-    """True for a whole network, False for a single block."""
-    return isinstance(spec, ModelSpec)

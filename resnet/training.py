@@ -103,13 +103,12 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """The book's figure: train loss, validation loss and validation accuracy against the epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    from matplotlib import pyplot as plt
+    # A bare Figure, not pyplot: writing the file must not change the plotting backend of a notebook.
+    from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in rows]
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
     axes.plot(epochs, [row["train_loss"] for row in rows], "-", label="train_loss")
     axes.plot(epochs, [row["val_loss"] for row in rows], "--", label="val_loss")
     axes.plot(epochs, [row["val_acc"] for row in rows], "-.", label="val_acc")
@@ -122,7 +121,6 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
 
 
 def _settings(config: TrainConfig, dataset: Dataset, model_name: str, backend: str) -> dict[str, str]:
@@ -234,7 +232,10 @@ def _train_epoch(
     train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool
 ) -> tuple[list[float], float, float]:
     """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken)."""
-    from tqdm.auto import tqdm
+    if progress:
+        from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
+    else:
+        from tqdm import tqdm
 
     losses, weighted, started = [], 0.0, time.perf_counter()
     with tqdm(total=batches.num_examples, unit="img", desc=f"epoch {epoch}/{epochs}", disable=not progress,
