@@ -1,7 +1,7 @@
 """The test matrix: one environment per backend, because MXNet 1.9.1 needs numpy<1.24 while current
 TensorFlow and JAX need a newer numpy.
 
-    nox            # all four backends, then the cross-backend session
+    nox            # all four backends, the cross-backend session, the book's own code (d2l)
     nox -k jax     # one backend
 """
 
@@ -12,7 +12,7 @@ import nox
 BACKENDS = ("torch", "tensorflow", "jax", "mxnet")
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
-nox.options.sessions = ["tests", "cross"]
+nox.options.sessions = ["tests", "cross", "d2l"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -39,4 +39,20 @@ def cross(session: nox.Session) -> None:
             "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
         ]),
         env={"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", **QUIET_TF},
+    )
+
+
+@nox.session(python="3.11")
+def d2l(session: nox.Session) -> None:
+    """The book's own blocks, d2l 1.0.3's Residual and ResNeXtBlock in torch, TensorFlow, JAX and MXNet, against
+    the NumPy reference with the same weights (tests/test_d2l_conformance.py). d2l 1.0.3 pins numpy 1.23.5, so
+    this environment has the old framework versions of tests/d2l-requirements.txt and none of our backends (the
+    reference is what they are all held to). RESNET_REQUIRE_D2L makes a missing d2l, or a d2l framework module
+    that does not import, an error instead of a skip; the one skip allowed is d2l.torch while torchvision does
+    not import with the CPU-only torch, and it says so."""
+    session.install("-r", "tests/d2l-requirements.txt")
+    session.install("--no-deps", ".")
+    session.run(
+        "pytest", *(session.posargs or ["-q", "-rs", "tests/test_d2l_conformance.py"]),
+        env={"RESNET_REQUIRE_D2L": "1", **QUIET_TF},
     )
