@@ -24,6 +24,7 @@ from flax import traverse_util
 from jax import lax
 
 from resnet import specs
+from resnet.init import initial_weights
 from resnet.specs import (
     BatchNormSpec,
     BlockSpec,
@@ -38,7 +39,19 @@ from resnet.specs import (
 NAME = "jax"
 LAYOUT = "NHWC"
 
-__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual", "set_variables", "variables"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasic",
+    "PreActBottleneck",
+    "ResNeXtBlock",
+    "ResNet",
+    "ResNet18",
+    "Residual",
+    *specs.FAMILY,
+    "set_variables",
+    "variables",
+]
 
 Variables = dict[str, Any]  # {'params': {...}, 'batch_stats': {...}}, nested dicts of jax arrays
 
@@ -136,10 +149,33 @@ def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
     raise TypeError(f"unknown layer description {layer!r}")
 
 
+class Shortcut(nn.Module):
+    """A projection shortcut, ``downsample`` in the family's blocks: a 1x1 convolution ``conv`` with the block's
+    stride, then BN ``bn`` (none in a pre-activation block)."""
+
+    conv_spec: ConvSpec
+    batch_norm: bool = True
+    training: bool = True
+
+    def setup(self) -> None:
+        self.conv = make_layer(self.conv_spec)
+        self.bn = make_layer(BatchNormSpec(), self.training) if self.batch_norm else None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        X = self.conv(X)
+        return X if self.bn is None else self.bn(X)
+
+
 def _add_layers(module: nn.Module, spec: BlockSpec | StemSpec | HeadSpec, training: bool) -> None:
-    """In ``setup``, create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
-    for name, layer in spec.layers().items():
-        setattr(module, name, make_layer(layer, training))
+    """In ``setup``, create a block's layers as attributes named as in the description (conv1, bn1, ...); the
+    layers of a projection shortcut, ``downsample.conv`` and ``downsample.bn``, go into a ``Shortcut`` named
+    ``downsample``."""
+    layers = spec.layers()
+    for name, layer in layers.items():
+        if not name.startswith("downsample."):
+            setattr(module, name, make_layer(layer, training))
+    if "downsample.conv" in layers:
+        module.downsample = Shortcut(layers["downsample.conv"], "downsample.bn" in layers, training)
 
 
 def _check_input(module: nn.Module, x: jax.Array) -> None:
@@ -243,6 +279,200 @@ class ResNeXtBlock(nn.Module):
         return nn.relu(Y + X)
 
 
+class BasicBlock(nn.Module):
+    """The basic block of ResNet-18 and -34 in torchvision's convention: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
+    the shortcut, then ReLU. Unlike the chapter's ``Residual``: no convolution biases, and the projection
+    shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2 (or ``(2, 2)``).
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        specs.basic(self.num_channels, self.use_1x1conv, self.strides)  # ValueError now, not at the first init
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> specs.BasicSpec:
+        """The architecture description the block is built from."""
+        return specs.basic(self.num_channels, self.use_1x1conv, self.strides)
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return nn.relu(Y + X)
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck block of ResNet-50/101/152 and ResNeXt in torchvision's convention: 1x1 conv, BN, ReLU,
+    3x3 conv (grouped for ResNeXt), BN, ReLU, 1x1 conv, BN, plus the shortcut, then ReLU. No convolution
+    biases; the projection shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the 3x3 convolution (torchvision's "ResNet v1.5") and of the shortcut, 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution: 32 for ResNeXt.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``): 4 for ResNeXt-50 32x4d.
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    planes: int
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        self._describe()  # ValueError now, not at the first init
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @nn.nowrap
+    def _describe(self) -> specs.BottleneckSpec:
+        return specs.bottleneck(
+            self.planes, self.use_1x1conv, self.strides, self.groups, self.base_width, self.stride_in_1x1
+        )
+
+    @property
+    def spec(self) -> specs.BottleneckSpec:
+        """The architecture description the block is built from."""
+        return self._describe()
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(self.conv1(X)))
+        Y = nn.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return nn.relu(Y + X)
+
+
+class PreActBasic(nn.Module):
+    """The pre-activation basic block of ResNet v2 (He et al. 2016, "Identity Mappings"): BN, ReLU, 3x3 conv,
+    BN, ReLU, 3x3 conv, plus the shortcut, with nothing after the addition. The projection shortcut
+    ``downsample`` is a bare 1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2 (or ``(2, 2)``).
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        specs.basic(self.num_channels, self.use_1x1conv, self.strides, preact=True)  # ValueError now
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> specs.BasicSpec:
+        """The architecture description the block is built from."""
+        return specs.basic(self.num_channels, self.use_1x1conv, self.strides, preact=True)
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(X))
+        if self.downsample is not None:
+            X = self.downsample(Y)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(nn.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(nn.Module):
+    """The pre-activation bottleneck block of ResNet v2: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv, BN, ReLU, 1x1
+    conv, plus the shortcut, with nothing after the addition. The projection shortcut ``downsample`` is a bare
+    1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``).
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+        training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+    """
+
+    planes: int
+    use_1x1conv: bool = False
+    strides: int | tuple[int, int] = 1
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        self._describe()  # ValueError now, not at the first init
+        object.__setattr__(self, "strides", _hashable(self.strides))
+        super().__post_init__()
+
+    @nn.nowrap
+    def _describe(self) -> specs.BottleneckSpec:
+        return specs.bottleneck(
+            self.planes, self.use_1x1conv, self.strides, self.groups, self.base_width, self.stride_in_1x1, preact=True
+        )
+
+    @property
+    def spec(self) -> specs.BottleneckSpec:
+        """The architecture description the block is built from."""
+        return self._describe()
+
+    def setup(self) -> None:
+        _add_layers(self, self.spec, self.training)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        _check_input(self, X)
+        Y = nn.relu(self.bn1(X))
+        if self.downsample is not None:
+            X = self.downsample(Y)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(nn.relu(self.bn2(Y)))
+        Y = self.conv3(nn.relu(self.bn3(Y)))
+        return Y + X
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -250,8 +480,16 @@ def make_block(spec: BlockSpec, training: bool = True, **module_kwargs: Any) -> 
     """The native block for a block description (``module_kwargs``: Flax's ``name`` or ``parent``)."""
     if isinstance(spec, specs.ResidualSpec):
         return Residual(spec.num_channels, spec.use_1x1conv, spec.strides, training, **module_kwargs)
-    return ResNeXtBlock(
-        spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides, training, **module_kwargs
+    if isinstance(spec, specs.ResNeXtSpec):
+        return ResNeXtBlock(
+            spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides, training, **module_kwargs
+        )
+    if isinstance(spec, specs.BasicSpec):
+        cls = PreActBasic if spec.preact else BasicBlock
+        return cls(spec.num_channels, spec.use_1x1conv, spec.strides, training, **module_kwargs)
+    return (PreActBottleneck if spec.preact else Bottleneck)(
+        spec.planes, spec.use_1x1conv, spec.strides, spec.groups, spec.base_width, spec.stride_in_1x1, training,
+        **module_kwargs,
     )
 
 
@@ -305,14 +543,17 @@ class Stage(nn.Module):
 
 class Head(nn.Module):
     """The book's ``last``: global average pooling (a mean over height and width) and a dense layer to the
-    classes."""
+    classes; after BN and ReLU in a pre-activation model (ResNet v2)."""
 
     spec: HeadSpec
+    training: bool = True
 
     def setup(self) -> None:
-        _add_layers(self, self.spec, training=False)
+        _add_layers(self, self.spec, self.training)
 
     def __call__(self, X: jax.Array) -> jax.Array:
+        if self.spec.preact:
+            X = nn.relu(self.bn(X))
         return self.fc(X.mean(axis=(1, 2)))
 
 
@@ -324,28 +565,27 @@ class ResNet(nn.Module):
             (2, 512))`` for ResNet-18.
         num_classes: outputs of the final dense layer.
         training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
+        spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
+            the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
     """
 
-    arch: Sequence[Sequence[int]]
+    arch: Sequence[Sequence[int]] | None = None
     num_classes: int = 10
     training: bool = True
+    spec: ModelSpec | None = None
 
     def __post_init__(self) -> None:
-        specs.book_resnet(self.arch, self.num_classes)  # ValueError now, not at the first init
+        # ValueError now, not at the first init; the book's arch becomes its description.
+        object.__setattr__(self, "spec", specs.model_spec(self.arch, self.num_classes, self.spec))
         object.__setattr__(self, "arch", _hashable(self.arch))
         super().__post_init__()
-
-    @property
-    def spec(self) -> ModelSpec:
-        """The architecture description the model is built from."""
-        return specs.book_resnet(self.arch, self.num_classes)
 
     def setup(self) -> None:
         # Named at creation, so the parameter tree has the canonical names b1, b2..., last.
         parts = [self.b1(name="b1")]
-        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, self.arch):
-            parts.append(self.block(num_residuals, num_channels, first_block=stage_name == "b2", name=stage_name))
-        parts.append(Head(self.spec.head, name="last"))
+        for stage_name, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
+            parts.append(Stage(blocks, self.training, name=stage_name))
+        parts.append(Head(self.spec.head, self.training, name="last"))
         self.net = parts
 
     @nn.nowrap
@@ -363,6 +603,7 @@ class ResNet(nn.Module):
         return Stage(specs.book_stage(num_residuals, num_channels, first_block), self.training, name=name)
 
     def __call__(self, X: jax.Array) -> jax.Array:
+        specs.check_model_input(self.spec, X.shape[-1])
         for part in self.net:
             X = part(X)
         return X
@@ -379,6 +620,33 @@ class ResNet(nn.Module):
 def ResNet18(num_classes: int = 10, training: bool = True) -> ResNet:
     """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
     return ResNet(specs.RESNET18_ARCH, num_classes, training)
+
+
+def _family_builder(name: str) -> Callable[..., ResNet]:
+    """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
+    described = specs.FAMILY[name]
+
+    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = described.docstring
+    return builder
+
+
+# The ResNet family of the chapter's exercises, in torchvision's convention (see resnet.specs.FAMILY).
+resnet18 = _family_builder("resnet18")
+resnet34 = _family_builder("resnet34")
+resnet50 = _family_builder("resnet50")
+resnet101 = _family_builder("resnet101")
+resnet152 = _family_builder("resnet152")
+preact_resnet18 = _family_builder("preact_resnet18")
+preact_resnet34 = _family_builder("preact_resnet34")
+preact_resnet50 = _family_builder("preact_resnet50")
+preact_resnet101 = _family_builder("preact_resnet101")
+preact_resnet152 = _family_builder("preact_resnet152")
+resnext50_32x4d = _family_builder("resnext50_32x4d")
+resnext101_32x8d = _family_builder("resnext101_32x8d")
 
 
 # ------------------------------------------------------------------------------------------ variables
@@ -410,23 +678,16 @@ def set_variables(model: nn.Module, variables: Variables) -> None:
     _VARIABLES[key] = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-# Jitted once per architecture: a Module (unbound, without weights) hashes and compares by its fields.
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init(module: nn.Module, x: jax.Array) -> Variables:
-    return module.init(jax.random.PRNGKey(0), x)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _inference(module: nn.Module, variables: Variables, x: jax.Array) -> jax.Array:
-    return module.apply(variables, x)
-
-
-@functools.partial(jax.jit, static_argnums=0)
 def _training(module: nn.Module, variables: Variables, x: jax.Array) -> tuple[jax.Array, Any]:
+    """Training-mode output and the updated batch_stats."""
     y, updates = module.apply(variables, x, mutable=["batch_stats"])
     return y, updates["batch_stats"]
+
+
+# Jitted once per architecture, for calls that repeat (a Module without weights hashes by its fields).
+# One-off calls (output_shape, forward, vjp) run eagerly: compiling ResNet-18 takes seconds, running it once
+# eagerly a fraction of one.
+_inference = jax.jit(lambda module, variables, x: module.apply(variables, x), static_argnums=0)
 
 
 # ------------------------------------------------------------------------------- common-API hooks
@@ -434,7 +695,7 @@ def _training(module: nn.Module, variables: Variables, x: jax.Array) -> tuple[ja
 
 def is_native_model(obj: Any) -> bool:
     """True if ``obj`` is a block or model of this backend."""
-    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+    return isinstance(obj, (Residual, ResNeXtBlock, BasicBlock, Bottleneck, PreActBasic, PreActBottleneck, ResNet))
 
 
 def spec_of(model: Any) -> BlockSpec | ModelSpec:
@@ -462,8 +723,13 @@ def is_built(model: nn.Module) -> bool:
 def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Create the weights of a model's layers for an NCHW input shape (a no-op once built)."""
     if not is_built(model):
+        # Flax's initializers would compile for ~10-20 s (ResNet-18 on a CPU): take only the variables'
+        # shapes from Flax, and the values from the seeded framework-neutral initializer, as the trainer does.
         n, c, h, w = input_shape
-        set_variables(model, _init(model.clone(training=False), jnp.zeros((n, h, w, c), jnp.float32)))
+        x = jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)
+        shapes = jax.eval_shape(model.clone(training=False).init, jax.random.PRNGKey(0), x)
+        set_variables(model, jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
+        set_arrays(model, initial_weights(model.spec, input_shape))
 
 
 def apply(model: nn.Module, x: jax.Array, training: bool) -> jax.Array:
@@ -473,7 +739,7 @@ def apply(model: nn.Module, x: jax.Array, training: bool) -> jax.Array:
         build(model, (n, c, h, w))
     state = variables(model)
     if not training:
-        return _inference(model.clone(training=False), state, x)
+        return model.clone(training=False).apply(state, x)
     y, batch_stats = _training(model.clone(training=True), state, x)
     set_variables(model, {**state, "batch_stats": batch_stats})
     return y
@@ -530,7 +796,8 @@ def _native_items(model: nn.Module) -> dict[str, tuple[tuple[str, ...], tuple[in
             for tensor, (collection, variable) in tensors.items():
                 name = ".".join((*path, layer_name, tensor))
                 axes = kernel_axes if variable == "kernel" else None
-                items[name] = ((collection, *path, layer_name, variable), axes)
+                # a dotted layer name (downsample.conv) is a module inside a module
+                items[name] = ((collection, *path, *layer_name.split("."), variable), axes)
     return items
 
 
@@ -618,7 +885,10 @@ def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.nda
 def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
 
+    module = model.clone(training=False)
+
     def predict(x: np.ndarray) -> np.ndarray:
-        return to_numpy(apply(model, to_native(x), training=False))
+        build(model, x.shape)
+        return to_numpy(_inference(module, variables(model), to_native(x)))
 
     return predict

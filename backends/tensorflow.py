@@ -12,6 +12,7 @@ book's models train with BatchNorm in inference mode.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,7 +32,17 @@ if keras.backend.backend() != "tensorflow":
 NAME = "tensorflow"
 LAYOUT = "NHWC"
 
-__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasic",
+    "PreActBottleneck",
+    "ResNeXtBlock",
+    "ResNet",
+    "ResNet18",
+    "Residual",
+    *specs.FAMILY,
+]
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -108,10 +119,29 @@ def make_layer(layer: LayerSpec) -> keras.layers.Layer:
     raise TypeError(f"unknown layer description {layer!r}")
 
 
+class Shortcut(keras.layers.Layer):
+    """A projection shortcut, ``downsample`` in the family's blocks: a 1x1 convolution ``conv`` with the block's
+    stride, then BN ``bn`` (none in a pre-activation block)."""
+
+    def __init__(self, conv_spec: ConvSpec, batch_norm: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conv = make_layer(conv_spec)
+        self.bn = make_layer(BatchNormSpec()) if batch_norm else None
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        X = self.conv(X)
+        return X if self.bn is None else self.bn(X, training=training)
+
+
 def _add_layers(module: keras.layers.Layer, spec: BlockSpec) -> None:
-    """Create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
-    for name, layer in spec.layers().items():
-        setattr(module, name, make_layer(layer))
+    """Create a block's layers as attributes named as in the description (conv1, bn1, ...); the layers of a
+    projection shortcut, ``downsample.conv`` and ``downsample.bn``, go into a ``Shortcut`` named ``downsample``."""
+    layers = spec.layers()
+    for name, layer in layers.items():
+        if not name.startswith("downsample."):
+            setattr(module, name, make_layer(layer))
+    if "downsample.conv" in layers:
+        module.downsample = Shortcut(layers["downsample.conv"], "downsample.bn" in layers)
 
 
 def _check_input(module: keras.layers.Layer, input_shape: tuple[int | None, ...]) -> None:
@@ -195,6 +225,156 @@ class ResNeXtBlock(keras.layers.Layer):
         return tf.nn.relu(Y + X)
 
 
+class BasicBlock(keras.layers.Layer):
+    """The basic block of ResNet-18 and -34 in torchvision's convention: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
+    the shortcut, then ReLU. Unlike the chapter's ``Residual``: no convolution biases, and the projection
+    shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.basic(num_channels, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = self.bn2(self.conv2(Y), training=training)
+        if self.downsample is not None:
+            X = self.downsample(X, training=training)
+        return tf.nn.relu(Y + X)
+
+
+class Bottleneck(keras.layers.Layer):
+    """The bottleneck block of ResNet-50/101/152 and ResNeXt in torchvision's convention: 1x1 conv, BN, ReLU,
+    3x3 conv (grouped for ResNeXt), BN, ReLU, 1x1 conv, BN, plus the shortcut, then ReLU. No convolution
+    biases; the projection shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the 3x3 convolution (torchvision's "ResNet v1.5") and of the shortcut, 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution: 32 for ResNeXt.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``): 4 for ResNeXt-50 32x4d.
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+    """
+
+    def __init__(
+        self,
+        planes: int,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = tf.nn.relu(self.bn2(self.conv2(Y), training=training))
+        Y = self.bn3(self.conv3(Y), training=training)
+        if self.downsample is not None:
+            X = self.downsample(X, training=training)
+        return tf.nn.relu(Y + X)
+
+
+class PreActBasic(keras.layers.Layer):
+    """The pre-activation basic block of ResNet v2 (He et al. 2016, "Identity Mappings"): BN, ReLU, 3x3 conv,
+    BN, ReLU, 3x3 conv, plus the shortcut, with nothing after the addition. The projection shortcut
+    ``downsample`` is a bare 1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.basic(num_channels, use_1x1conv, strides, preact=True)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(X, training=training))
+        if self.downsample is not None:
+            X = self.downsample(Y, training=training)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(tf.nn.relu(self.bn2(Y, training=training)))
+        return Y + X
+
+
+class PreActBottleneck(keras.layers.Layer):
+    """The pre-activation bottleneck block of ResNet v2: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv, BN, ReLU, 1x1
+    conv, plus the shortcut, with nothing after the addition. The projection shortcut ``downsample`` is a bare
+    1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``).
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+    """
+
+    def __init__(
+        self,
+        planes: int,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1, preact=True)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_input(self, input_shape)  # the layers themselves are built at their first call
+
+    def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_input(self, X.shape)
+        Y = tf.nn.relu(self.bn1(X, training=training))
+        if self.downsample is not None:
+            X = self.downsample(Y, training=training)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(tf.nn.relu(self.bn2(Y, training=training)))
+        Y = self.conv3(tf.nn.relu(self.bn3(Y, training=training)))
+        return Y + X
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -202,7 +382,13 @@ def make_block(spec: BlockSpec) -> keras.layers.Layer:
     """The native block for a block description."""
     if isinstance(spec, specs.ResidualSpec):
         return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
-    return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+    if isinstance(spec, specs.ResNeXtSpec):
+        return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+    if isinstance(spec, specs.BasicSpec):
+        return (PreActBasic if spec.preact else BasicBlock)(spec.num_channels, spec.use_1x1conv, spec.strides)
+    return (PreActBottleneck if spec.preact else Bottleneck)(
+        spec.planes, spec.use_1x1conv, spec.strides, spec.groups, spec.base_width, spec.stride_in_1x1
+    )
 
 
 class ResNet(keras.Model):
@@ -212,16 +398,25 @@ class ResNet(keras.Model):
         arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
             (2, 512))`` for ResNet-18.
         num_classes: outputs of the final dense layer.
+        spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
+            the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
     """
 
-    def __init__(self, arch: Sequence[Sequence[int]], num_classes: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        arch: Sequence[Sequence[int]] | None = None,
+        num_classes: int = 10,
+        *,
+        spec: ModelSpec | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.spec = specs.book_resnet(arch, num_classes)
+        self.spec = specs.model_spec(arch, num_classes, spec)
         # The parts in the order of spec.part_names: b1, the stages, last (the hooks below rely on it).
         parts = [self.b1()]
-        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, arch):
-            parts.append(self.block(num_residuals, num_channels, first_block=stage_name == "b2"))
-        parts.append(Sequential([keras.layers.GlobalAveragePooling2D(), make_layer(DenseSpec(num_classes))]))
+        for _, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
+            parts.append(Sequential([make_block(b) for b in blocks]))
+        parts.append(self.head())
         self.net = Sequential(parts)
 
     def b1(self) -> Sequential:
@@ -240,7 +435,14 @@ class ResNet(keras.Model):
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
         return Sequential([make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)])
 
+    def head(self) -> Sequential:
+        """The head: global average pooling and a dense layer to the classes (after BN and ReLU in ResNet v2)."""
+        layers = self.spec.head.layers()
+        preact = [make_layer(layers["bn"]), keras.layers.ReLU()] if "bn" in layers else []
+        return Sequential([*preact, keras.layers.GlobalAveragePooling2D(), make_layer(layers["fc"])])
+
     def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        specs.check_model_input(self.spec, X.shape[-1])
         return self.net(X, training=training)
 
 
@@ -251,12 +453,39 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, num_classes, **kwargs)
 
 
+def _family_builder(name: str) -> Callable[..., ResNet]:
+    """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
+    described = specs.FAMILY[name]
+
+    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = described.docstring
+    return builder
+
+
+# The ResNet family of the chapter's exercises, in torchvision's convention (see resnet.specs.FAMILY).
+resnet18 = _family_builder("resnet18")
+resnet34 = _family_builder("resnet34")
+resnet50 = _family_builder("resnet50")
+resnet101 = _family_builder("resnet101")
+resnet152 = _family_builder("resnet152")
+preact_resnet18 = _family_builder("preact_resnet18")
+preact_resnet34 = _family_builder("preact_resnet34")
+preact_resnet50 = _family_builder("preact_resnet50")
+preact_resnet101 = _family_builder("preact_resnet101")
+preact_resnet152 = _family_builder("preact_resnet152")
+resnext50_32x4d = _family_builder("resnext50_32x4d")
+resnext101_32x8d = _family_builder("resnext101_32x8d")
+
+
 # ------------------------------------------------------------------------------- common-API hooks
 
 
 def is_native_model(obj: Any) -> bool:
     """True if ``obj`` is a block or model of this backend."""
-    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+    return isinstance(obj, (Residual, ResNeXtBlock, BasicBlock, Bottleneck, PreActBasic, PreActBottleneck, ResNet))
 
 
 def spec_of(model: Any) -> BlockSpec | ModelSpec:
@@ -279,13 +508,15 @@ def to_numpy(y: tf.Tensor) -> np.ndarray:
 def _named_layers(model: keras.layers.Layer) -> dict[str, keras.layers.Layer]:
     """Canonical layer name -> native layer with weights, walked through our own attributes in the
     description's order (never through Keras' generated names): ``conv1``, or ``b2.0.conv1`` in a ResNet."""
-    if not isinstance(model, ResNet):
-        return {name: getattr(model, name) for name in model.spec.layers()}
+    if not isinstance(model, ResNet):  # a dotted name (downsample.conv) is an attribute of an attribute
+        return {name: functools.reduce(getattr, name.split("."), model) for name in model.spec.layers()}
     spec, (stem, *stages, head) = model.spec, model.net.layers
     layers = dict(zip((f"b1.{name}" for name in spec.stem.layers()), stem.layers))  # conv, bn: the first two
     for (stage_name, _), stage in zip(spec.stages, stages):
         for index, block in enumerate(stage.layers):
             layers.update({f"{stage_name}.{index}.{name}": layer for name, layer in _named_layers(block).items()})
+    if spec.head.preact:
+        layers["last.bn"] = head.layers[0]
     layers["last.fc"] = head.layers[-1]
     return layers
 

@@ -20,7 +20,17 @@ from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpe
 NAME = "torch"
 LAYOUT = "NCHW"
 
-__all__ = ["ResNeXtBlock", "ResNet", "ResNet18", "Residual"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasic",
+    "PreActBottleneck",
+    "ResNeXtBlock",
+    "ResNet",
+    "ResNet18",
+    "Residual",
+    *specs.FAMILY,
+]
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -64,10 +74,29 @@ def make_layer(layer: LayerSpec) -> nn.Module:
     raise TypeError(f"unknown layer description {layer!r}")
 
 
+class Shortcut(nn.Module):
+    """A projection shortcut, ``downsample`` in the family's blocks: a 1x1 convolution ``conv`` with the block's
+    stride, then BN ``bn`` (none in a pre-activation block)."""
+
+    def __init__(self, conv_spec: ConvSpec, batch_norm: bool = True) -> None:
+        super().__init__()
+        self.conv = make_layer(conv_spec)
+        self.bn = make_layer(BatchNormSpec()) if batch_norm else None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = self.conv(X)
+        return X if self.bn is None else self.bn(X)
+
+
 def _add_layers(module: nn.Module, spec: BlockSpec) -> None:
-    """Create a block's layers as attributes named as in the description (conv1, bn1, ...)."""
-    for name, layer in spec.layers().items():
-        setattr(module, name, make_layer(layer))
+    """Create a block's layers as attributes named as in the description (conv1, bn1, ...); the layers of a
+    projection shortcut, ``downsample.conv`` and ``downsample.bn``, go into a ``Shortcut`` named ``downsample``."""
+    layers = spec.layers()
+    for name, layer in layers.items():
+        if not name.startswith("downsample."):
+            setattr(module, name, make_layer(layer))
+    if "downsample.conv" in layers:
+        module.downsample = Shortcut(layers["downsample.conv"], "downsample.bn" in layers)
 
 
 def _check_input(module: nn.Module, x: torch.Tensor) -> None:
@@ -137,6 +166,142 @@ class ResNeXtBlock(nn.Module):
         return F.relu(Y + X)
 
 
+class BasicBlock(nn.Module):
+    """The basic block of ResNet-18 and -34 in torchvision's convention: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
+    the shortcut, then ReLU. Unlike the chapter's ``Residual``: no convolution biases, and the projection
+    shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> None:
+        super().__init__()
+        self.spec = specs.basic(num_channels, use_1x1conv, strides)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return F.relu(Y + X)
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck block of ResNet-50/101/152 and ResNeXt in torchvision's convention: 1x1 conv, BN, ReLU,
+    3x3 conv (grouped for ResNeXt), BN, ReLU, 1x1 conv, BN, plus the shortcut, then ReLU. No convolution
+    biases; the projection shortcut ``downsample`` is a 1x1 convolution followed by BN.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution and BN), to change channels or resolution.
+        strides: stride of the 3x3 convolution (torchvision's "ResNet v1.5") and of the shortcut, 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution: 32 for ResNeXt.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``): 4 for ResNeXt-50 32x4d.
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+    """
+
+    def __init__(
+        self,
+        planes: int,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return F.relu(Y + X)
+
+
+class PreActBasic(nn.Module):
+    """The pre-activation basic block of ResNet v2 (He et al. 2016, "Identity Mappings"): BN, ReLU, 3x3 conv,
+    BN, ReLU, 3x3 conv, plus the shortcut, with nothing after the addition. The projection shortcut
+    ``downsample`` is a bare 1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        num_channels: output channels of both 3x3 convolutions.
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the first 3x3 convolution (and of the shortcut), 1 or 2.
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> None:
+        super().__init__()
+        self.spec = specs.basic(num_channels, use_1x1conv, strides, preact=True)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(X))
+        if self.downsample is not None:
+            X = self.downsample(Y)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(nn.Module):
+    """The pre-activation bottleneck block of ResNet v2: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv, BN, ReLU, 1x1
+    conv, plus the shortcut, with nothing after the addition. The projection shortcut ``downsample`` is a bare
+    1x1 convolution on the pre-activated input; no convolution biases.
+
+    Args:
+        planes: the output has ``4 * planes`` channels; the inner convolutions ``int(planes * base_width / 64)
+            * groups`` (torchvision's rule).
+        use_1x1conv: a projection shortcut (1x1 convolution), to change channels or resolution.
+        strides: stride of the 3x3 convolution (and of the shortcut), 1 or 2.
+        groups: the number of groups (cardinality) of the 3x3 convolution.
+        base_width: channels per group at ``planes=64`` (torchvision's ``width_per_group``).
+        stride_in_1x1: put the stride on the first 1x1 convolution instead, as the ResNet paper does.
+    """
+
+    def __init__(
+        self,
+        planes: int,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1, preact=True)
+        _add_layers(self, self.spec)
+        if not self.spec.use_1x1conv:
+            self.downsample = None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        _check_input(self, X)
+        Y = F.relu(self.bn1(X))
+        if self.downsample is not None:
+            X = self.downsample(Y)  # the projection reads the pre-activated input
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        return Y + X
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -144,7 +309,13 @@ def make_block(spec: BlockSpec) -> nn.Module:
     """The native block for a block description."""
     if isinstance(spec, specs.ResidualSpec):
         return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
-    return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+    if isinstance(spec, specs.ResNeXtSpec):
+        return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+    if isinstance(spec, specs.BasicSpec):
+        return (PreActBasic if spec.preact else BasicBlock)(spec.num_channels, spec.use_1x1conv, spec.strides)
+    return (PreActBottleneck if spec.preact else Bottleneck)(
+        spec.planes, spec.use_1x1conv, spec.strides, spec.groups, spec.base_width, spec.stride_in_1x1
+    )
 
 
 class ResNet(nn.Module):
@@ -154,17 +325,19 @@ class ResNet(nn.Module):
         arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
             (2, 512))`` for ResNet-18.
         num_classes: outputs of the final dense layer.
+        spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
+            the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
     """
 
-    def __init__(self, arch: Sequence[Sequence[int]], num_classes: int = 10) -> None:
+    def __init__(
+        self, arch: Sequence[Sequence[int]] | None = None, num_classes: int = 10, *, spec: ModelSpec | None = None
+    ) -> None:
         super().__init__()
-        self.spec = specs.book_resnet(arch, num_classes)
+        self.spec = specs.model_spec(arch, num_classes, spec)
         parts: OrderedDict[str, nn.Module] = OrderedDict(b1=self.b1())
-        for (stage_name, _), (num_residuals, num_channels) in zip(self.spec.stages, arch):
-            parts[stage_name] = self.block(num_residuals, num_channels, first_block=stage_name == "b2")
-        parts["last"] = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=make_layer(DenseSpec(num_classes)))
-        )
+        for stage_name, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
+            parts[stage_name] = nn.Sequential(*(make_block(b) for b in blocks))
+        parts["last"] = self.head()
         self.net = nn.Sequential(parts)
 
     def b1(self) -> nn.Sequential:
@@ -183,7 +356,16 @@ class ResNet(nn.Module):
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
         return nn.Sequential(*(make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)))
 
+    def head(self) -> nn.Sequential:
+        """The head: global average pooling and a dense layer to the classes (after BN and ReLU in ResNet v2)."""
+        layers = self.spec.head.layers()
+        preact = OrderedDict(bn=make_layer(layers["bn"]), relu=nn.ReLU()) if "bn" in layers else OrderedDict()
+        return nn.Sequential(
+            OrderedDict(**preact, pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=make_layer(layers["fc"]))
+        )
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        specs.check_model_input(self.spec, X.shape[1])
         return self.net(X)
 
 
@@ -194,12 +376,39 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, num_classes)
 
 
+def _family_builder(name: str) -> Callable[..., ResNet]:
+    """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
+    described = specs.FAMILY[name]
+
+    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = described.docstring
+    return builder
+
+
+# The ResNet family of the chapter's exercises, in torchvision's convention (see resnet.specs.FAMILY).
+resnet18 = _family_builder("resnet18")
+resnet34 = _family_builder("resnet34")
+resnet50 = _family_builder("resnet50")
+resnet101 = _family_builder("resnet101")
+resnet152 = _family_builder("resnet152")
+preact_resnet18 = _family_builder("preact_resnet18")
+preact_resnet34 = _family_builder("preact_resnet34")
+preact_resnet50 = _family_builder("preact_resnet50")
+preact_resnet101 = _family_builder("preact_resnet101")
+preact_resnet152 = _family_builder("preact_resnet152")
+resnext50_32x4d = _family_builder("resnext50_32x4d")
+resnext101_32x8d = _family_builder("resnext101_32x8d")
+
+
 # ------------------------------------------------------------------------------- common-API hooks
 
 
 def is_native_model(obj: Any) -> bool:
     """True if ``obj`` is a block or model of this backend."""
-    return isinstance(obj, (Residual, ResNeXtBlock, ResNet))
+    return isinstance(obj, (Residual, ResNeXtBlock, BasicBlock, Bottleneck, PreActBasic, PreActBottleneck, ResNet))
 
 
 def spec_of(model: Any) -> BlockSpec | ModelSpec:

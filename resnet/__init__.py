@@ -2,9 +2,11 @@
 MXNet/Gluon, with the same shapes and the same numbers from the same weights.
 
 ``import resnet`` imports no framework. The model names (``resnet.Residual``, ``resnet.ResNeXtBlock``,
-``resnet.ResNet``, ``resnet.ResNet18``) resolve on first access to the selected backend's native classes;
-choose the backend with :func:`set_backend` or the ``RESNET_BACKEND`` environment variable. To use a
-backend without the global choice, import it directly: ``from resnet.backends import jax as rn``.
+``resnet.ResNet``, ``resnet.ResNet18``, the family's blocks ``resnet.BasicBlock``, ``resnet.Bottleneck``,
+``resnet.PreActBasic``, ``resnet.PreActBottleneck`` and builders ``resnet.resnet18`` ...
+``resnet.resnext101_32x8d``) resolve on first access to the selected backend's native classes and
+functions; choose the backend with :func:`set_backend` or the ``RESNET_BACKEND`` environment variable. To
+use a backend without the global choice, import it directly: ``from resnet.backends import jax as rn``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from resnet.api import forward, layer_summary, num_params, output_shape, random_input, summary_lines
+from resnet.api import forward, layer_summary, macs, num_params, output_shape, random_input, summary_lines
 from resnet.selection import BACKENDS, BackendUnavailableError, backend, set_backend
 from resnet.weights import WeightsMismatchError, load_weights, save_weights
 
@@ -27,8 +29,30 @@ if not os.path.isdir(os.path.join(os.path.dirname(__file__), "backends")) and os
 ):
     __path__.append(_checkout)
 
-#: Names looked up in the selected backend's module on first access.
-BACKEND_NAMES: tuple[str, ...] = ("Residual", "ResNeXtBlock", "ResNet", "ResNet18")
+#: Names looked up in the selected backend's module on first access: the chapter's classes, the family's
+#: blocks, and the family's builder functions (the same names in every backend; see resnet.specs.FAMILY).
+BACKEND_NAMES: tuple[str, ...] = (
+    "Residual",
+    "ResNeXtBlock",
+    "ResNet",
+    "ResNet18",
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasic",
+    "PreActBottleneck",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "preact_resnet18",
+    "preact_resnet34",
+    "preact_resnet50",
+    "preact_resnet101",
+    "preact_resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
 
 __all__ = [
     "BACKENDS",
@@ -38,6 +62,7 @@ __all__ = [
     "forward",
     "layer_summary",
     "load_weights",
+    "macs",
     "num_params",
     "output_shape",
     "random_input",

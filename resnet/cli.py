@@ -3,7 +3,8 @@
     resnet train                            # the chapter's recipe: ResNet-18, 10 epochs, batch 128, lr 0.01, 96x96
     resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run with no network
     resnet summary resnet18                 # the layer summary in the selected backend
-    resnet --backend jax summary resnet18   # choose the backend here instead of RESNET_BACKEND
+    resnet --backend jax summary resnet50   # choose the backend here instead of RESNET_BACKEND
+    resnet family                           # the ResNet family: parameters and multiply-adds (no framework)
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="print a model's layer summary (NCHW shapes)")
     summary.add_argument("model", help=f"model name: {', '.join(MODELS)}")
     summary.add_argument("--input-shape", type=_input_shape, help="N,C,H,W (default: the model's own)")
-    summary.add_argument("--num-classes", type=int, default=10, help="outputs of the head (default 10)")
+    summary.add_argument("--num-classes", type=int,
+                         help="outputs of the head (default: the model's own, 10 for resnet18, 1000 for the family)")
+    family = commands.add_parser("family", help="the ResNet family's parameters and multiply-adds, as a Markdown table")
+    family.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    family.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    family.add_argument("--num-classes", type=int, default=1000, help="outputs of the head (default 1000)")
     return parser
 
 
@@ -66,11 +72,21 @@ def _summary(args: argparse.Namespace) -> int:
 
     entry = model_entry(args.model)
     backend = selection.backend_module()
-    model = build_model(args.model, backend, args.num_classes)
     shape = args.input_shape or entry.input_shape
+    model = build_model(args.model, backend, args.num_classes, shape[1])
     print(f"{args.model} ({entry.description}) in {backend.NAME}, input {shape}:")
     resnet.layer_summary(model, shape)
     print(f"trainable parameters: {resnet.num_params(model, shape):,}")
+    print(f"multiply-adds: {resnet.macs(model, shape):,}")
+    return 0
+
+
+def _family(args: argparse.Namespace) -> int:
+    from resnet.shapes import family_table
+
+    if min(args.size, args.in_channels, args.num_classes) < 1:
+        raise ValueError("--size, --in-channels and --num-classes must be positive")
+    print(family_table(args.size, args.in_channels, args.num_classes))
     return 0
 
 
@@ -86,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_writable(out)
     backend = selection.backend_module()
     dataset = load_dataset(args.dataset, args.data_dir)
-    model = build_model(args.model, backend, dataset.num_classes)
+    model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1])
     print(f"training {args.model} in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
                   model_name=args.model)
@@ -119,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = getattr(args, "train_backend", None) or args.backend
         if chosen:
             selection.set_backend(chosen)
-        return {"summary": _summary, "train": _train}[args.command](args)
+        return {"summary": _summary, "train": _train, "family": _family}[args.command](args)
     except (ValueError, ImportError, OSError) as error:
         print(f"resnet: error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,13 @@
 """Models by name, for the command line and notebooks: name -> how to build it and its default input.
 
-Each entry builds the selected backend's native model, so ``resnet summary resnet18`` and
-``resnet train --model resnet18`` work the same in every backend.
+Each entry builds the selected backend's native model, so ``resnet summary resnet50`` and
+``resnet train --model resnet50`` work the same in every backend.
+
+``resnet18`` is the chapter's ResNet-18 (conv biases, any input channels, 10 classes): the default of
+``resnet train`` and the model of the chapter's recipe. The family of the chapter's exercises is registered
+under its builders' names (``resnet34``, ``resnet50``, ``preact_resnet18``, ``resnext50_32x4d``...), except
+that torchvision's ResNet-18, ``resnet.resnet18()`` in Python, is ``resnet18-imagenet`` here. Names are
+case-insensitive, and ``_`` and ``-`` are the same.
 """
 
 from __future__ import annotations
@@ -10,36 +16,59 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
+from resnet.specs import FAMILY
+
 __all__ = ["MODELS", "ModelEntry", "build_model", "model_entry"]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build a named model from a backend module, and the NCHW input it is meant for."""
+    """How to build a named model from a backend module, and the NCHW input and classes it is meant for."""
 
-    build: Callable[[ModuleType, int], Any]  # (backend module, num_classes) -> native model
+    build: Callable[[ModuleType, int, int], Any]  # (backend module, num_classes, in_channels) -> native model
     input_shape: tuple[int, int, int, int]
     description: str
+    num_classes: int = 10
+
+
+def _family_entry(name: str) -> ModelEntry:
+    model = FAMILY[name]
+    return ModelEntry(
+        lambda rn, num_classes, in_channels: getattr(rn, name)(num_classes=num_classes, in_channels=in_channels),
+        (1, 3, 224, 224),
+        f"{model.title}, torchvision's convention",
+        num_classes=1000,
+    )
 
 
 MODELS: dict[str, ModelEntry] = {
     "resnet18": ModelEntry(
-        lambda rn, num_classes: rn.ResNet18(num_classes=num_classes),
+        lambda rn, num_classes, in_channels: rn.ResNet18(num_classes=num_classes),  # any input channels
         (1, 1, 96, 96),
         "the chapter's ResNet-18 (conv biases, 1 input channel), for 96x96 Fashion-MNIST",
     ),
+    **{("resnet18-imagenet" if name == "resnet18" else name): _family_entry(name) for name in FAMILY},
 }
 
 
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
 def model_entry(name: str) -> ModelEntry:
-    """The entry for ``name`` (case-insensitive); ValueError listing the known names otherwise."""
-    key = name.strip().lower().replace("_", "-")
+    """The entry for ``name`` (case-insensitive, ``_`` and ``-`` alike); ValueError listing the known names."""
     for known, entry in MODELS.items():
-        if known.replace("_", "-") == key:
+        if _key(known) == _key(name):
             return entry
     raise ValueError(f"unknown model {name!r}. Known models: {', '.join(MODELS)}")
 
 
-def build_model(name: str, backend: ModuleType, num_classes: int = 10) -> Any:
-    """Build the named model with ``backend``'s native classes."""
-    return model_entry(name).build(backend, num_classes)
+def build_model(name: str, backend: ModuleType, num_classes: int | None = None, in_channels: int | None = None) -> Any:
+    """Build the named model with ``backend``'s native classes, for ``num_classes`` outputs and ``in_channels``
+    input channels (by default, those the model is meant for)."""
+    entry = model_entry(name)
+    return entry.build(
+        backend,
+        entry.num_classes if num_classes is None else num_classes,
+        entry.input_shape[1] if in_channels is None else in_channels,
+    )

@@ -20,7 +20,7 @@ import numpy as np
 
 from resnet import specs
 from resnet.shapes import tensor_infos
-from resnet.specs import BlockSpec, ConvSpec, ModelSpec, ResidualSpec
+from resnet.specs import BasicSpec, BlockSpec, BottleneckSpec, ConvSpec, ModelSpec, ResidualSpec
 
 __all__ = ["Reference", "init_weights", "softmax_cross_entropy"]
 
@@ -237,17 +237,55 @@ class Reference:
             x = self._bn(p + "bn4", self._conv(p + "conv4", x, layers["conv4"]))
         return self._relu(add(self._tape, y, x))
 
+    def _basic(self, p: str, spec: BasicSpec, x: Node) -> Node:
+        layers = spec.layers()
+        if spec.preact:  # BN, ReLU, conv, BN, ReLU, conv; the projection reads the pre-activated input
+            y = self._relu(self._bn(p + "bn1", x))
+            shortcut = self._conv(p + "downsample.conv", y, layers["downsample.conv"]) if spec.use_1x1conv else x
+            y = self._conv(p + "conv1", y, layers["conv1"])
+            y = self._conv(p + "conv2", self._relu(self._bn(p + "bn2", y)), layers["conv2"])
+            return add(self._tape, y, shortcut)
+        y = self._relu(self._bn(p + "bn1", self._conv(p + "conv1", x, layers["conv1"])))
+        y = self._bn(p + "bn2", self._conv(p + "conv2", y, layers["conv2"]))
+        return self._relu(add(self._tape, y, self._downsample(p, spec, x)))
+
+    def _bottleneck(self, p: str, spec: BottleneckSpec, x: Node) -> Node:
+        layers = spec.layers()
+        if spec.preact:
+            y = self._relu(self._bn(p + "bn1", x))
+            shortcut = self._conv(p + "downsample.conv", y, layers["downsample.conv"]) if spec.use_1x1conv else x
+            y = self._conv(p + "conv1", y, layers["conv1"])
+            y = self._conv(p + "conv2", self._relu(self._bn(p + "bn2", y)), layers["conv2"])
+            y = self._conv(p + "conv3", self._relu(self._bn(p + "bn3", y)), layers["conv3"])
+            return add(self._tape, y, shortcut)
+        y = self._relu(self._bn(p + "bn1", self._conv(p + "conv1", x, layers["conv1"])))
+        y = self._relu(self._bn(p + "bn2", self._conv(p + "conv2", y, layers["conv2"])))
+        y = self._bn(p + "bn3", self._conv(p + "conv3", y, layers["conv3"]))
+        return self._relu(add(self._tape, y, self._downsample(p, spec, x)))
+
+    def _downsample(self, p: str, spec: BasicSpec | BottleneckSpec, x: Node) -> Node:
+        """The shortcut of a (post-activation) family block: identity, or 1x1 convolution and BN."""
+        if not spec.use_1x1conv:
+            return x
+        return self._bn(p + "downsample.bn", self._conv(p + "downsample.conv", x, spec.layers()["downsample.conv"]))
+
     def _block(self, prefix: str, spec: BlockSpec, x: Node) -> Node:
         specs.check_block_input(spec, x.value.shape[1])
-        run = self._residual if isinstance(spec, ResidualSpec) else self._resnext
+        run = {
+            ResidualSpec: self._residual, specs.ResNeXtSpec: self._resnext, BasicSpec: self._basic,
+            BottleneckSpec: self._bottleneck,
+        }[type(spec)]
         return run(prefix, spec, x)
 
     def _model(self, spec: ModelSpec, x: Node) -> Node:
+        specs.check_model_input(spec, x.value.shape[1])
         stem = spec.stem.layers()
         x = self._relu(self._bn("b1.bn", self._conv("b1.conv", x, stem["conv"])))
         x = max_pool(self._tape, x, spec.stem.pool)
         for prefix, block in spec.blocks():
             x = self._block(prefix + ".", block, x)
+        if spec.head.preact:  # ResNet v2's final BN and ReLU
+            x = self._relu(self._bn("last.bn", x))
         x = global_avg_pool(self._tape, x)
         return dense(self._tape, x, self._params["last.fc.weight"], self._params["last.fc.bias"])
 

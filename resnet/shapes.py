@@ -1,14 +1,17 @@
 """Shape arithmetic and the canonical tensor list of a block or model, computed from its description alone.
 
 Everything here is in NCHW order and canonical layouts: OIHW convolution kernels, (out, in) dense weights,
-and BatchNorm ``weight`` (scale), ``bias`` (shift), ``running_mean`` and ``running_var``.
+and BatchNorm ``weight`` (scale), ``bias`` (shift), ``running_mean`` and ``running_var``. ``macs`` counts
+multiply-adds and ``family_table`` tabulates the ResNet family, from the descriptions alone.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, NamedTuple
 
 from resnet.specs import (
+    FAMILY,
     BatchNormSpec,
     BlockSpec,
     ConvSpec,
@@ -17,13 +20,17 @@ from resnet.specs import (
     ModelSpec,
     PoolSpec,
     check_block_input,
+    check_model_input,
 )
 
 __all__ = [
     "TensorInfo",
     "block_output_shape",
     "conv_output_size",
+    "family_table",
+    "macs",
     "model_part_shapes",
+    "num_trainable",
     "tensor_infos",
 ]
 
@@ -58,6 +65,7 @@ def block_output_shape(block: BlockSpec, input_shape: Shape) -> Shape:
 
 def model_part_shapes(model: ModelSpec, input_shape: Shape) -> list[tuple[str, Shape]]:
     """(part name, NCHW output shape) for the stem, each stage and the head."""
+    check_model_input(model, input_shape[1])
     stem = model.stem.layers(input_shape[1])
     shape = _conv_shape(_conv_shape(input_shape, stem["conv"]), model.stem.pool)
     parts = [("b1", shape)]
@@ -104,6 +112,7 @@ def tensor_infos(spec: BlockSpec | ModelSpec, input_shape: Shape) -> dict[str, T
     if not isinstance(spec, ModelSpec):
         block_output_shape(spec, input_shape)
         return dict(_block_tensors("", spec, input_shape[1]))
+    check_model_input(spec, input_shape[1])
     infos: dict[str, TensorInfo] = {}
     for name, layer in spec.stem.layers(input_shape[1]).items():
         infos.update(_layer_tensors(f"b1.{name}", layer))
@@ -114,3 +123,74 @@ def tensor_infos(spec: BlockSpec | ModelSpec, input_shape: Shape) -> dict[str, T
     for name, layer in spec.head.layers(channels).items():
         infos.update(_layer_tensors(f"last.{name}", layer))
     return infos
+
+
+def num_trainable(spec: BlockSpec | ModelSpec, input_shape: Shape) -> int:
+    """Trainable parameters of a block or model fed an NCHW ``input_shape`` (BatchNorm statistics excluded)."""
+    return sum(math.prod(info.shape) for info in tensor_infos(spec, input_shape).values() if info.trainable)
+
+
+def _conv_macs(conv: ConvSpec, in_channels: int, input_shape: Shape) -> tuple[int, Shape]:
+    out = _conv_shape(input_shape, conv)
+    n, c, h, w = out
+    return n * c * h * w * (in_channels // conv.groups) * conv.kernel * conv.kernel, out
+
+
+def _block_macs(block: BlockSpec, input_shape: Shape) -> int:
+    """Convolutions on the main path run in order, each on the previous one's output; the shortcut's
+    convolution (``block.shortcut``) runs on the block's input."""
+    block_output_shape(block, input_shape)
+    total, shape = 0, input_shape
+    for name, layer in block.layers(input_shape[1]).items():
+        if isinstance(layer, ConvSpec):
+            count, out = _conv_macs(layer, layer.in_channels, input_shape if name == block.shortcut else shape)
+            total += count
+            if name != block.shortcut:
+                shape = out
+    return total
+
+
+def macs(spec: BlockSpec | ModelSpec, input_shape: Shape) -> int:
+    """Multiply-adds of one forward pass of a block or model over a whole NCHW batch ``input_shape``.
+
+    The convention of torchvision's published figures (counted with fvcore): one multiply-add per weight
+    of each convolution per output position (``N * H_out * W_out * C_out * C_in / groups * k * k``) and per
+    weight of the dense layer (``N * in * out``). BatchNorm, ReLU, the additions, the pooling and the biases
+    are not counted; they are under 1% of the total for the family's models. For ResNet-50 at
+    ``(1, 3, 224, 224)`` this gives 4.09 G, as torchvision lists.
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    if not isinstance(spec, ModelSpec):
+        return _block_macs(spec, input_shape)
+    check_model_input(spec, input_shape[1])
+    total, shape = _conv_macs(spec.stem.layers(input_shape[1])["conv"], input_shape[1], input_shape)
+    shape = _conv_shape(shape, spec.stem.pool)
+    for _, block in spec.blocks():
+        total += _block_macs(block, shape)
+        shape = block_output_shape(block, shape)
+    fc = spec.head.layers(shape[1])["fc"]
+    return total + shape[0] * fc.in_features * fc.out_features
+
+
+def family_table(size: int = 224, in_channels: int = 3, num_classes: int = 1000) -> str:
+    """The ResNet family as a Markdown table: blocks, stage depths, trainable parameters and multiply-adds
+    (``macs``, one ``size`` x ``size`` image), with the stride where torchvision puts it and where the
+    paper does. Computed from the descriptions, as every backend builds them."""
+    shape = (1, in_channels, size, size)
+    rows = [
+        f"| model | blocks | stage depths | parameters | multiply-adds, {size}x{size} | with `stride_in_1x1=True` |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, model in FAMILY.items():
+        spec, paper = model.spec(num_classes, in_channels), model.spec(num_classes, in_channels, stride_in_1x1=True)
+        block = model.block.replace("_", " ") + (f", {model.groups}x{model.base_width}d" if model.groups > 1 else "")
+        v15, v1 = macs(spec, shape), macs(paper, shape)
+        rows.append(
+            f"| `{name}` | {block} | {'-'.join(map(str, model.depths))} | {num_trainable(spec, shape):,} "
+            f"| {_giga(v15)} | {_giga(v1)}{'' if v1 != v15 else ' (same)'} |"
+        )
+    return "\n".join(rows)
+
+
+def _giga(count: int) -> str:
+    return f"{count / 1e9:.2f} G" if count >= 1e9 else f"{count / 1e6:.1f} M"

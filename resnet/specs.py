@@ -5,6 +5,12 @@ weights files take their canonical tensor names from them. A block description l
 canonical name (``conv1``, ``bn1``, ...) in the order the book defines them; a model description lists its
 top-level parts by the book's names (``b1`` the stem, ``b2``... the stages, ``last`` the head).
 
+Besides the chapter's blocks and ResNet, the module describes the whole ResNet family of the chapter's
+exercises (``FAMILY``: ResNet-18 to -152, their pre-activation versions, ResNeXt-50 and -101) as data, in
+torchvision's convention: no convolution biases before BatchNorm, BatchNorm in the projection shortcut,
+and the stride of a bottleneck on its 3x3 convolution ("ResNet v1.5"); the paper's placement, on the first
+1x1 convolution, is an option (``stride_in_1x1=True``).
+
 Numerical conventions (the same in every backend, so that the same weights give the same numbers):
 
 * padding is explicit and symmetric (``padding=1`` for 3x3, ``3`` for the 7x7 stem), never ``'same'``;
@@ -17,16 +23,22 @@ Numerical conventions (the same in every backend, so that the same weights give 
 from __future__ import annotations
 
 import numbers
+import textwrap
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
 __all__ = [
+    "BLOCK_KINDS",
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "BasicSpec",
     "BatchNormSpec",
     "BlockSpec",
+    "BottleneckSpec",
     "ConvSpec",
     "DenseSpec",
+    "FAMILY",
+    "FamilyModel",
     "HeadSpec",
     "ModelSpec",
     "PoolSpec",
@@ -34,10 +46,16 @@ __all__ = [
     "ResNeXtSpec",
     "ResidualSpec",
     "StemSpec",
+    "basic",
     "book_resnet",
     "book_stage",
+    "bottleneck",
     "check_block_input",
+    "check_model_input",
+    "family_spec",
+    "model_spec",
     "residual",
+    "resnet_spec",
     "resnext",
 ]
 
@@ -139,6 +157,8 @@ class ResidualSpec:
     strides: int = 1
 
     kind = "residual"
+    #: The layer on the shortcut (when ``use_1x1conv``): it reads the block's input, not the main path.
+    shortcut = "conv3"
 
     def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
         """Canonical name -> layer, in the book's order; input channels filled in when ``in_channels`` is."""
@@ -165,6 +185,8 @@ class ResNeXtSpec:
     strides: int = 1
 
     kind = "resnext"
+    #: The layer on the shortcut (when ``use_1x1conv``): it reads the block's input, not the main path.
+    shortcut = "conv4"
 
     @property
     def bot_channels(self) -> int:
@@ -193,7 +215,133 @@ class ResNeXtSpec:
         return layers
 
 
-BlockSpec = Union[ResidualSpec, ResNeXtSpec]
+#: Expansion of a bottleneck block: its output has 4 times the channels of its ``planes`` (torchvision's
+#: ``Bottleneck.expansion``).
+EXPANSION = 4
+
+
+@dataclass(frozen=True)
+class BasicSpec:
+    """The basic block of the ImageNet ResNets (ResNet-18 and -34), in torchvision's convention: 3x3 conv,
+    BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU; no convolution biases, and a projection shortcut
+    ``downsample`` of a 1x1 convolution *and* BN. It differs from the chapter's ``Residual`` only there.
+
+    ``preact=True`` is the pre-activation block of ResNet v2 (He et al. 2016, "Identity Mappings in Deep
+    Residual Networks"): BN, ReLU, 3x3 conv, BN, ReLU, 3x3 conv, plus the shortcut, with nothing after the
+    addition. Its projection shortcut is a bare 1x1 convolution reading the pre-activated input
+    ``relu(bn1(x))``; the identity shortcut reads ``x`` itself.
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int = 1
+    preact: bool = False
+
+    #: The projection shortcut's layers are ``downsample.conv`` (and ``downsample.bn``); they read the block's
+    #: input (pre-activated, in a pre-activation block), not the main path.
+    shortcut = "downsample.conv"
+
+    @property
+    def kind(self) -> str:
+        """``"basic"`` or ``"preact_basic"``."""
+        return "preact_basic" if self.preact else "basic"
+
+    def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
+        """Canonical name -> layer, in the order they run; input channels filled in when ``in_channels`` is."""
+        c, known = self.num_channels, in_channels is not None
+        conv1 = ConvSpec(c, 3, self.strides, 1, bias=False, in_channels=in_channels)
+        conv2 = ConvSpec(c, 3, 1, 1, bias=False, in_channels=c if known else None)
+        if self.preact:
+            layers: dict[str, LayerSpec] = {
+                "bn1": BatchNormSpec(in_channels), "conv1": conv1, "bn2": BatchNormSpec(c), "conv2": conv2,
+            }
+        else:
+            layers = {"conv1": conv1, "bn1": BatchNormSpec(c), "conv2": conv2, "bn2": BatchNormSpec(c)}
+        layers.update(_downsample(self, in_channels))
+        return layers
+
+
+@dataclass(frozen=True)
+class BottleneckSpec:
+    """The bottleneck block of ResNet-50/101/152 and ResNeXt, in torchvision's convention: 1x1 conv, BN,
+    ReLU, 3x3 conv (grouped for ResNeXt), BN, ReLU, 1x1 conv, BN, plus the shortcut, then ReLU. The output
+    has ``EXPANSION * planes`` channels; the inner convolutions have ``width = int(planes * base_width / 64)
+    * groups`` (torchvision's rule: ``planes`` for ResNet, 2 * ``planes`` for ResNeXt-50 32x4d). No
+    convolution biases; the projection shortcut ``downsample`` is a 1x1 convolution and BN.
+
+    The stride sits on the 3x3 convolution, as in torchvision ("ResNet v1.5"); ``stride_in_1x1=True`` puts
+    it on the first 1x1 convolution as the ResNet paper (and Keras' ResNet50) does, which costs fewer
+    multiply-adds and is slightly less accurate.
+
+    ``preact=True`` is the pre-activation bottleneck of ResNet v2: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv,
+    BN, ReLU, 1x1 conv, plus the shortcut (a bare 1x1 convolution reading the pre-activated input, as in
+    ``BasicSpec``), with nothing after the addition.
+    """
+
+    planes: int
+    use_1x1conv: bool = False
+    strides: int = 1
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False
+    preact: bool = False
+
+    shortcut = "downsample.conv"
+
+    @property
+    def kind(self) -> str:
+        """``"bottleneck"`` or ``"preact_bottleneck"``."""
+        return "preact_bottleneck" if self.preact else "bottleneck"
+
+    @property
+    def num_channels(self) -> int:
+        """Output channels: ``EXPANSION * planes``."""
+        return EXPANSION * self.planes
+
+    @property
+    def width(self) -> int:
+        """Channels of the inner (1x1 and 3x3) convolutions."""
+        return int(self.planes * self.base_width / 64) * self.groups
+
+    def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
+        """Canonical name -> layer, in the order they run; input channels filled in when ``in_channels`` is."""
+        b, c, known = self.width, self.num_channels, in_channels is not None
+        s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+        conv1 = ConvSpec(b, 1, s1, 0, bias=False, in_channels=in_channels)
+        conv2 = ConvSpec(b, 3, s3, 1, groups=self.groups, bias=False, in_channels=b if known else None)
+        conv3 = ConvSpec(c, 1, 1, 0, bias=False, in_channels=b if known else None)
+        if self.preact:
+            layers: dict[str, LayerSpec] = {
+                "bn1": BatchNormSpec(in_channels), "conv1": conv1, "bn2": BatchNormSpec(b), "conv2": conv2,
+                "bn3": BatchNormSpec(b), "conv3": conv3,
+            }
+        else:
+            layers = {
+                "conv1": conv1, "bn1": BatchNormSpec(b), "conv2": conv2, "bn2": BatchNormSpec(b),
+                "conv3": conv3, "bn3": BatchNormSpec(c),
+            }
+        layers.update(_downsample(self, in_channels))
+        return layers
+
+
+def _downsample(spec: "BasicSpec | BottleneckSpec", in_channels: int | None) -> dict[str, LayerSpec]:
+    """The projection shortcut's layers, if the block has one: a 1x1 convolution with the block's stride,
+    followed by BN except in a pre-activation block."""
+    if not spec.use_1x1conv:
+        return {}
+    c = spec.num_channels
+    layers: dict[str, LayerSpec] = {
+        "downsample.conv": ConvSpec(c, 1, spec.strides, 0, bias=False, in_channels=in_channels)
+    }
+    if not spec.preact:
+        layers["downsample.bn"] = BatchNormSpec(c)
+    return layers
+
+
+BlockSpec = Union[ResidualSpec, ResNeXtSpec, BasicSpec, BottleneckSpec]
+
+#: The kinds of block the family's models are made of.
+BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
 
 
 def residual(num_channels: int, use_1x1conv: bool = False, strides: int | Sequence[int] = 1) -> ResidualSpec:
@@ -238,8 +386,54 @@ def resnext(
     return spec
 
 
+def basic(
+    num_channels: int, use_1x1conv: bool = False, strides: int | Sequence[int] = 1, preact: bool = False
+) -> BasicSpec:
+    """Validate the arguments of ``BasicBlock`` (``PreActBasic`` with ``preact=True``) and describe the block."""
+    return BasicSpec(
+        _positive_int(num_channels, "num_channels"), _flag(use_1x1conv, "use_1x1conv"), _stride(strides),
+        _flag(preact, "preact"),
+    )
+
+
+def bottleneck(
+    planes: int,
+    use_1x1conv: bool = False,
+    strides: int | Sequence[int] = 1,
+    groups: int = 1,
+    base_width: int = 64,
+    stride_in_1x1: bool = False,
+    preact: bool = False,
+) -> BottleneckSpec:
+    """Validate the arguments of ``Bottleneck`` (``PreActBottleneck`` with ``preact=True``) and describe the
+    block. ``groups`` is the number of groups (cardinality) of the 3x3 convolution and ``base_width`` the
+    channels of each group at ``planes=64`` (torchvision's ``width_per_group``): ResNeXt-50 32x4d is
+    ``groups=32, base_width=4``."""
+    spec = BottleneckSpec(
+        _positive_int(planes, "planes"),
+        _flag(use_1x1conv, "use_1x1conv"),
+        _stride(strides),
+        _positive_int(groups, "groups"),
+        _positive_int(base_width, "base_width"),
+        _flag(stride_in_1x1, "stride_in_1x1"),
+        _flag(preact, "preact"),
+    )
+    if spec.width < 1:
+        raise ValueError(
+            f"planes={planes} with base_width={base_width} gives int({planes} * {base_width} / 64) = 0 channels per "
+            "group; use a larger planes or base_width"
+        )
+    return spec
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+_BLOCK_NAMES = {
+    "residual": "Residual", "resnext": "ResNeXt", "basic": "BasicBlock", "bottleneck": "Bottleneck",
+    "preact_basic": "PreActBasic", "preact_bottleneck": "PreActBottleneck",
+}
 
 
 def check_block_input(spec: BlockSpec, in_channels: int) -> None:
@@ -247,7 +441,7 @@ def check_block_input(spec: BlockSpec, in_channels: int) -> None:
     if spec.use_1x1conv:
         return
     if in_channels != spec.num_channels or spec.strides != 1:
-        name = type(spec).__name__.replace("Spec", "")
+        name = _BLOCK_NAMES[spec.kind]
         raise ValueError(
             f"this {name} block has an identity shortcut, so its input must already have its output shape: "
             f"{in_channels} input channels and strides={spec.strides}, but num_channels={spec.num_channels}. "
@@ -261,10 +455,15 @@ def check_block_input(spec: BlockSpec, in_channels: int) -> None:
 
 @dataclass(frozen=True)
 class StemSpec:
-    """The book's ``b1``: 7x7 convolution (stride 2), BatchNorm, ReLU, 3x3 max pooling (stride 2)."""
+    """The book's ``b1``: 7x7 convolution (stride 2), BatchNorm, ReLU, 3x3 max pooling (stride 2).
+
+    ``in_channels`` None (the book's models) takes whatever channels the first input has; the family's
+    models fix it, and an input with other channels is a ValueError.
+    """
 
     channels: int = 64
     conv_bias: bool = True
+    in_channels: int | None = None
 
     @property
     def pool(self) -> PoolSpec:
@@ -274,20 +473,26 @@ class StemSpec:
     def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
         """Canonical name -> layer."""
         return {
-            "conv": ConvSpec(self.channels, 7, 2, 3, bias=self.conv_bias, in_channels=in_channels),
+            "conv": ConvSpec(self.channels, 7, 2, 3, bias=self.conv_bias, in_channels=in_channels or self.in_channels),
             "bn": BatchNormSpec(self.channels),
         }
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """The book's ``last``: global average pooling, flatten, and a dense layer to the classes."""
+    """The book's ``last``: global average pooling, flatten, and a dense layer to the classes.
+
+    ``preact=True`` (the pre-activation models) starts it with the final BN and ReLU of ResNet v2, which
+    the last block's addition leaves unnormalized: BN, ReLU, global average pooling, dense.
+    """
 
     num_classes: int
+    preact: bool = False
 
     def layers(self, in_features: int | None = None) -> dict[str, LayerSpec]:
         """Canonical name -> layer."""
-        return {"fc": DenseSpec(self.num_classes, in_features)}
+        fc: dict[str, LayerSpec] = {"fc": DenseSpec(self.num_classes, in_features)}
+        return {"bn": BatchNormSpec(in_features), **fc} if self.preact else fc
 
 
 @dataclass(frozen=True)
@@ -308,6 +513,22 @@ class ModelSpec:
         for stage_name, blocks in self.stages:
             for index, block in enumerate(blocks):
                 yield f"{stage_name}.{index}", block
+
+
+def model_spec(
+    arch: Sequence[Sequence[int]] | None = None, num_classes: int = 10, spec: ModelSpec | None = None
+) -> ModelSpec:
+    """The description a backend's ``ResNet(arch, num_classes, spec=...)`` builds: the book's ``ResNet(arch)``
+    when ``spec`` is None, else ``spec`` (the family's builders pass one). Both may be given only if they agree."""
+    if spec is None:
+        return book_resnet(arch, num_classes)  # type: ignore[arg-type]
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(
+            f"spec must be a resnet.specs.ModelSpec, e.g. resnet.specs.family_spec('resnet50'); got {spec!r}"
+        )
+    if arch is not None and book_resnet(arch, num_classes) != spec:
+        raise ValueError("give arch (the book's ResNet) or spec (any ModelSpec), not both")
+    return spec
 
 
 def book_stage(num_residuals: int, num_channels: int, first_block: bool = False) -> tuple[ResidualSpec, ...]:
@@ -335,3 +556,165 @@ def book_resnet(arch: Sequence[Sequence[int]], num_classes: int = 10) -> ModelSp
         (f"b{i + 2}", book_stage(n, c, first_block=(i == 0))) for i, (n, c) in enumerate(pairs)
     )
     return ModelSpec(StemSpec(), stages, HeadSpec(_positive_int(num_classes, "num_classes")))
+
+
+def check_model_input(spec: ModelSpec, in_channels: int) -> None:
+    """Raise ValueError when a model made for a number of input channels gets another."""
+    expected = spec.stem.in_channels
+    if expected is not None and in_channels != expected:
+        raise ValueError(
+            f"this model was built for {expected} input channels, but the input has {in_channels}; build it "
+            f"with in_channels={in_channels} (e.g. resnet50(in_channels={in_channels})) or feed {expected} channels"
+        )
+
+
+# ------------------------------------------------------------------------------------------ the family
+
+#: Channels of the four stages of the ImageNet ResNets (``planes``: a bottleneck stage outputs 4x these).
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+
+
+def resnet_spec(
+    block: str,
+    depths: Sequence[int],
+    widths: Sequence[int] = IMAGENET_WIDTHS,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    groups: int = 1,
+    base_width: int = 64,
+    stride_in_1x1: bool = False,
+    stem_channels: int = 64,
+) -> ModelSpec:
+    """An ImageNet-style ResNet as torchvision builds it: the stem (7x7/2 convolution without bias, BN, ReLU,
+    3x3/2 max pooling), one stage per entry of ``depths`` (``b2``, ``b3``...) and the head (global average
+    pooling, dense; with BN and ReLU first in a pre-activation model).
+
+    Each stage's first block has stride 2 (stride 1 in the first stage) and a projection shortcut when the
+    stride or the channels change; the rest have identity shortcuts.
+
+    Args:
+        block: one of ``BLOCK_KINDS``: ``"basic"``, ``"bottleneck"``, ``"preact_basic"``, ``"preact_bottleneck"``.
+        depths: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        widths: channels (``planes``) per stage; a bottleneck stage outputs ``EXPANSION`` times as many.
+        num_classes: outputs of the dense layer.
+        in_channels: channels of the input images.
+        groups, base_width: the bottleneck's cardinality and per-group width at ``planes=64`` (ResNeXt).
+        stride_in_1x1: the paper's stride placement in bottlenecks (torchvision's, on the 3x3, by default).
+        stem_channels: output channels of the stem's convolution.
+    """
+    if block not in BLOCK_KINDS:
+        raise ValueError(f"block must be one of {', '.join(BLOCK_KINDS)}; got {block!r}")
+    depths = tuple(_positive_int(d, "each stage depth") for d in depths)
+    widths = tuple(_positive_int(w, "each stage width") for w in widths)
+    if not depths or len(depths) != len(widths):
+        raise ValueError(f"depths and widths need one entry per stage, got {len(depths)} and {len(widths)}")
+    preact = block.startswith("preact_")
+    channels = _positive_int(stem_channels, "stem_channels")
+    stages = []
+    for index, (depth, width) in enumerate(zip(depths, widths)):
+        blocks: list[BlockSpec] = []
+        for i in range(depth):
+            strides = 2 if i == 0 and index > 0 else 1
+            if block.endswith("bottleneck"):
+                out = EXPANSION * width
+                spec: BlockSpec = bottleneck(
+                    width, strides != 1 or channels != out, strides, groups, base_width, stride_in_1x1, preact
+                )
+            else:
+                spec = basic(width, strides != 1 or channels != width, strides, preact)
+            blocks.append(spec)
+            channels = spec.num_channels
+        stages.append((f"b{index + 2}", tuple(blocks)))
+    return ModelSpec(
+        StemSpec(channels=stem_channels, conv_bias=False, in_channels=_positive_int(in_channels, "in_channels")),
+        tuple(stages),
+        HeadSpec(_positive_int(num_classes, "num_classes"), preact=preact),
+    )
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    """One model of the ResNet family as data: what ``spec()`` needs to describe it, and who defined it.
+
+    ``name`` is the builder's name in every backend (``resnet.resnet50``...) and in ``resnet summary``.
+    """
+
+    name: str
+    title: str
+    block: str
+    depths: tuple[int, ...]
+    groups: int = 1
+    base_width: int = 64
+    widths: tuple[int, ...] = IMAGENET_WIDTHS
+    source: str = "He et al. 2016, Table 1"
+
+    def spec(self, num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ModelSpec:
+        """The model's description for ``num_classes`` outputs and ``in_channels`` input channels."""
+        return resnet_spec(
+            self.block, self.depths, self.widths, num_classes, in_channels, self.groups, self.base_width,
+            _flag(stride_in_1x1, "stride_in_1x1"),
+        )
+
+    @property
+    def docstring(self) -> str:
+        """The builder functions' docstring, the same in every backend."""
+        bottleneck = self.block.endswith("bottleneck")
+        blocks = "bottleneck blocks" if bottleneck else "basic blocks"
+        title = f"{self.title} ({self.source}): {blocks} {{{', '.join(map(str, self.depths))}}}"
+        if self.groups > 1:
+            title += f" with grouped 3x3 convolutions (cardinality {self.groups}, base width {self.base_width})"
+        if self.block.startswith("preact"):
+            body = (
+                "Pre-activation (ResNet v2): BN and ReLU before each convolution, nothing after the additions, and "
+                "a final BN and ReLU before the pooling. Projection shortcuts are bare 1x1 convolutions on the "
+                "pre-activated input. No convolution biases."
+            )
+        else:
+            body = "torchvision's convention: no convolution biases, BN in the projection shortcuts."
+        if bottleneck:
+            body += (
+                " The stride of a bottleneck sits on its 3x3 convolution, as in torchvision (\"ResNet v1.5\"); "
+                "``stride_in_1x1=True`` puts it on the first 1x1 convolution, as the paper does."
+            )
+        body += (
+            " The stem is a 7x7/2 convolution, BN, ReLU and 3x3/2 max pooling; the head global average pooling and "
+            "a dense layer. Parts: ``b1`` (stem), ``b2``-``b5`` (stages), ``last`` (head)."
+        )
+        args = [
+            "num_classes: outputs of the dense layer (ImageNet's 1000 by default).",
+            "in_channels: channels of the input images (3 by default).",
+            "stride_in_1x1: the paper's stride placement" + (
+                " (on the first 1x1 convolution)." if bottleneck else "; no effect on basic blocks."),
+        ]
+        wrap = lambda text, indent: textwrap.fill(text, 104, initial_indent=indent, subsequent_indent=indent)  # noqa
+        return "\n\n".join(
+            [title + ".", wrap(body, "    "), "    Args:\n" + "\n".join(wrap(a, "        ") for a in args)]
+        ) + "\n"
+
+
+def _family() -> dict[str, FamilyModel]:
+    v2 = "He et al. 2016, Identity Mappings in Deep Residual Networks"
+    resnext = "Xie et al. 2017, Aggregated Residual Transformations"
+    depths = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+    models = [
+        *(FamilyModel(f"resnet{n}", f"ResNet-{n}", "basic" if n < 50 else "bottleneck", d) for n, d in depths.items()),
+        *(
+            FamilyModel(f"preact_resnet{n}", f"Pre-activation ResNet-{n}", "preact_basic" if n < 50 else
+                        "preact_bottleneck", d, source=v2)
+            for n, d in depths.items()
+        ),
+        FamilyModel("resnext50_32x4d", "ResNeXt-50 (32x4d)", "bottleneck", depths[50], 32, 4, source=resnext),
+        FamilyModel("resnext101_32x8d", "ResNeXt-101 (32x8d)", "bottleneck", depths[101], 32, 8, source=resnext),
+    ]
+    return {model.name: model for model in models}
+
+
+#: The family by builder name, in the order every backend lists its builders.
+FAMILY: dict[str, FamilyModel] = _family()
+
+
+def family_spec(name: str, num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ModelSpec:
+    """The description of the family's model ``name`` (e.g. ``"resnet50"``); ValueError listing the names."""
+    if name not in FAMILY:
+        raise ValueError(f"unknown model {name!r}; the family: {', '.join(FAMILY)}")
+    return FAMILY[name].spec(num_classes, in_channels, stride_in_1x1)

@@ -26,6 +26,13 @@ SPEC_BUILDERS: dict[str, Callable] = {
     "ResNeXtBlock": specs.resnext,
     "ResNet": specs.book_resnet,
     "ResNet18": lambda num_classes=10: specs.book_resnet(specs.RESNET18_ARCH, num_classes),
+    # the family's blocks and models (issue 5)
+    "BasicBlock": specs.basic,
+    "Bottleneck": specs.bottleneck,
+    "PreActBasic": lambda *args: specs.basic(*args, preact=True),
+    "PreActBottleneck": lambda *args: specs.bottleneck(*args, preact=True),
+    "FamilyResNet": specs.resnet_spec,  # any ModelSpec, built as rn.ResNet(spec=...)
+    **{name: (lambda *args, name=name: specs.family_spec(name, *args)) for name in specs.FAMILY},
 }
 
 
@@ -46,6 +53,8 @@ class Case:
 
     def make(self, rn):
         """The native block or model of backend module ``rn``."""
+        if self.cls == "FamilyResNet":
+            return rn.ResNet(spec=self.spec)
         return getattr(rn, self.cls)(*self.args)
 
     def inputs(self) -> dict[str, np.ndarray]:
@@ -65,6 +74,27 @@ BLOCK_CASES = [
 SMALL_RESNET = Case("small_resnet", "ResNet", (((1, 64), (1, 32)), 10), (4, 1, 24, 24), classifier=True)
 GOLDEN_CASES = [*BLOCK_CASES, SMALL_RESNET]
 RESNET18 = Case("resnet18", "ResNet18", (), (4, 1, 64, 64), classifier=True)
+
+# The family's blocks (torchvision's convention and pre-activation), and two small models made of them.
+FAMILY_BLOCK_CASES = [
+    Case("basic", "BasicBlock", (3,), (4, 3, 6, 6)),
+    Case("basic_1x1_s2", "BasicBlock", (6, True, 2), (4, 3, 7, 7)),
+    Case("bottleneck", "Bottleneck", (4,), (2, 16, 5, 5)),
+    Case("bottleneck_1x1_s2", "Bottleneck", (4, True, 2), (2, 8, 7, 7)),
+    Case("bottleneck_g4_1x1_s2", "Bottleneck", (8, True, 2, 4, 16), (2, 16, 7, 7)),  # ResNeXt: 4 groups of 2
+    Case("bottleneck_g4_1x1_s2_in_1x1", "Bottleneck", (8, True, 2, 4, 16, True), (2, 16, 7, 7)),  # paper's stride
+    Case("preact_basic", "PreActBasic", (4,), (4, 4, 6, 6)),
+    Case("preact_basic_1x1_s2", "PreActBasic", (6, True, 2), (4, 3, 7, 7)),
+    Case("preact_bottleneck", "PreActBottleneck", (4,), (2, 16, 5, 5)),
+    Case("preact_bottleneck_1x1_s2", "PreActBottleneck", (4, True, 2), (2, 8, 7, 7)),
+]
+SMALL_FAMILY_MODELS = [
+    Case("small_resnext", "FamilyResNet", ("bottleneck", (1, 2), (8, 16), 10, 3, 4, 16, False, 16), (4, 3, 24, 24),
+         classifier=True),
+    Case("small_preact_resnet", "FamilyResNet", ("preact_bottleneck", (2, 1), (8, 16), 10, 3, 1, 64, True, 16),
+         (4, 3, 24, 24), classifier=True),
+]
+FAMILY_GOLDEN_CASES = [*FAMILY_BLOCK_CASES, *SMALL_FAMILY_MODELS]
 
 
 def expected_values(case: Case) -> dict[str, np.ndarray]:

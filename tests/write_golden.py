@@ -1,4 +1,5 @@
-"""Write the golden files under tests/golden/ from the NumPy reference: ``python tests/write_golden.py``.
+"""Write the golden files under tests/golden/ from the NumPy reference: ``python tests/write_golden.py``
+(every case), or ``python tests/write_golden.py basic bottleneck`` (only the cases named).
 
 Each file holds a case's weights, input, output cotangent and labels, and what the reference computes:
 the inference and training outputs, the gradients, the running statistics after one training pass and,
@@ -14,14 +15,20 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import GOLDEN_CASES, GOLDEN_DIR, expected_values  # noqa: E402
+from cases import FAMILY_GOLDEN_CASES, GOLDEN_CASES, GOLDEN_DIR, expected_values  # noqa: E402
 
 from resnet.atomic import atomic_path  # noqa: E402
 
 
 def main() -> None:
     GOLDEN_DIR.mkdir(exist_ok=True)
-    for case in GOLDEN_CASES:
+    cases = [*GOLDEN_CASES, *FAMILY_GOLDEN_CASES]
+    unknown = set(sys.argv[1:]) - {case.name for case in cases}
+    if unknown:
+        raise SystemExit(f"unknown cases: {', '.join(sorted(unknown))}; known: {', '.join(c.name for c in cases)}")
+    for case in cases:
+        if sys.argv[1:] and case.name not in sys.argv[1:]:
+            continue
         arrays = {
             k: np.ascontiguousarray(v, dtype=np.int64 if k == "labels" else np.float32)
             for k, v in expected_values(case).items()

@@ -1,0 +1,313 @@
+"""Issue 5: the whole ResNet family of the chapter's exercises, in every backend.
+
+ResNet-18/34/50/101/152, their pre-activation versions and ResNeXt-50/101, in torchvision's convention:
+parameter counts equal torchvision's and multiply-adds its published figures; the new blocks and two small
+models made of them agree with the NumPy reference (outputs, gradients, running statistics, an SGD step)
+through golden files; ResNet-50, ResNeXt-50 and a pre-activation ResNet-50 agree with the reference computed
+here; and every model builds, runs forward and backward, and saves and loads neutral weights in every backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import numpy as np
+import pytest
+
+import resnet
+from cases import FAMILY_BLOCK_CASES, FAMILY_GOLDEN_CASES, SGD_LR, SMALL_FAMILY_MODELS, expected_values, golden, section
+from resnet import specs
+from resnet.models import MODELS, build_model, model_entry
+from resnet.reference import Reference, init_weights
+from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
+from resnet.weights import read_weights
+from test_numerics import assert_close, assert_grads_close, loaded, tolerance
+
+#: torchvision's trainable parameters (3 input channels, 1000 classes) and multiply-adds at 224x224 (G).
+TORCHVISION = {
+    "resnet18": (11_689_512, 1.81),
+    "resnet34": (21_797_672, 3.66),
+    "resnet50": (25_557_032, 4.09),
+    "resnet101": (44_549_160, 7.80),
+    "resnet152": (60_192_808, 11.51),
+    "resnext50_32x4d": (25_028_904, 4.23),
+    "resnext101_32x8d": (88_791_336, 16.41),
+}
+IMAGENET = (1, 3, 224, 224)
+TINY = (1, 3, 32, 32)
+
+
+# ------------------------------------------------------------------------- the descriptions (no framework)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_spec_counts_match_torchvision(name):
+    params, giga_macs = TORCHVISION[name]
+    spec = specs.family_spec(name)
+    assert num_trainable(spec, IMAGENET) == params
+    assert macs(spec, IMAGENET) / 1e9 == pytest.approx(giga_macs, rel=0.01)
+    # the stride placement moves multiply-adds, never parameters
+    assert num_trainable(specs.family_spec(name, stride_in_1x1=True), IMAGENET) == params
+
+
+def test_table_1_depths_and_blocks():
+    depths = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+    for n, expected in depths.items():
+        for name, kind in ((f"resnet{n}", ""), (f"preact_resnet{n}", "preact_")):
+            spec = specs.family_spec(name)
+            assert tuple(len(blocks) for _, blocks in spec.stages) == expected, name
+            assert {b.kind for _, b in spec.blocks()} == {kind + ("basic" if n < 50 else "bottleneck")}, name
+            assert spec.part_names == ("b1", "b2", "b3", "b4", "b5", "last")
+    resnext = specs.family_spec("resnext50_32x4d")
+    assert [blocks[0].width for _, blocks in resnext.stages] == [128, 256, 512, 1024]  # grouped widths
+    assert [blocks[0].num_channels for _, blocks in resnext.stages] == [256, 512, 1024, 2048]
+    assert {b.groups for _, b in resnext.blocks()} == {32}
+
+
+def test_torchvision_convention_and_paper_option():
+    spec = specs.family_spec("resnet50")
+    assert not spec.stem.conv_bias and spec.stem.in_channels == 3
+    first = dict(spec.stages)["b3"][0].layers(256)
+    assert (first["conv1"].stride, first["conv2"].stride) == (1, 2)  # v1.5: on the 3x3
+    assert set(first) >= {"downsample.conv", "downsample.bn"} and not any(
+        getattr(layer, "bias", False) for layer in first.values()
+    )
+    paper = dict(specs.family_spec("resnet50", stride_in_1x1=True).stages)["b3"][0].layers(256)
+    assert (paper["conv1"].stride, paper["conv2"].stride) == (2, 1)
+    assert macs(specs.family_spec("resnet50", stride_in_1x1=True), IMAGENET) / 1e9 == pytest.approx(3.86, rel=0.01)
+
+
+def test_preact_models_are_resnet_v2():
+    spec = specs.family_spec("preact_resnet50")
+    assert spec.head.preact and list(spec.head.layers(2048)) == ["bn", "fc"]  # final BN (and ReLU) before pooling
+    layers = dict(spec.stages)["b3"][0].layers(256)
+    # BN first; a bare projection
+    assert list(layers) == ["bn1", "conv1", "bn2", "conv2", "bn3", "conv3", "downsample.conv"]
+    assert layers["bn1"].num_features == 256  # normalizes the block's input
+    assert not spec.stem.conv_bias and dict(spec.stages)["b3"][0].preact
+
+
+def test_macs_by_hand():
+    # Residual(3) on 6x6: two 3x3 convolutions, 3 -> 3 channels, 36 positions: 2 * 36 * 3 * 3 * 9
+    assert macs(specs.residual(3), (1, 3, 6, 6)) == 2 * 36 * 3 * 3 * 9
+    # Bottleneck(4, projection, stride 2) from 8 channels at 8x8: conv1 at 8x8, conv2..3 and shortcut at 4x4
+    expected = 64 * 4 * 8 + 16 * 4 * 4 * 9 + 16 * 16 * 4 + 16 * 16 * 8
+    assert macs(specs.bottleneck(4, True, 2), (1, 8, 8, 8)) == expected
+    # the paper's placement: conv1 strided, so it runs at 4x4 too; the batch multiplies everything
+    paper = 16 * 4 * 8 + 16 * 4 * 4 * 9 + 16 * 16 * 4 + 16 * 16 * 8
+    assert macs(specs.bottleneck(4, True, 2, stride_in_1x1=True), (3, 8, 8, 8)) == 3 * paper
+    # grouped 3x3: each output sees in_channels / groups
+    assert macs(specs.bottleneck(8, False, 1, 4, 16), (1, 32, 1, 1)) == 8 * 32 + 8 * 2 * 9 + 32 * 8
+
+
+def test_family_table_is_the_packages_own_numbers():
+    table = family_table()
+    for name, (params, giga_macs) in TORCHVISION.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"{params:,}" in row and f"{giga_macs:.2f} G" in row
+    assert all(f"`{name}`" in table for name in specs.FAMILY)
+
+
+def test_models_registry():
+    assert model_entry("resnet18").description.startswith("the chapter's ResNet-18")  # the book's: train default
+    assert model_entry("resnet18").input_shape == (1, 1, 96, 96)
+    assert model_entry("resnet18-imagenet").description.startswith("ResNet-18,")
+    for name, described in specs.FAMILY.items():
+        if name != "resnet18":
+            entry = model_entry(name.replace("_", "-").upper())
+            assert entry.description.startswith(described.title) and entry.input_shape == IMAGENET
+            assert entry.num_classes == 1000
+    assert len(MODELS) == len(specs.FAMILY) + 1
+
+
+def test_block_arguments_are_validated():
+    with pytest.raises(ValueError, match="planes must be a positive integer"):
+        specs.bottleneck(0)
+    with pytest.raises(ValueError, match="0 channels per group"):
+        specs.bottleneck(4, base_width=8)
+    with pytest.raises(ValueError, match="strides must be 1 or 2"):
+        specs.basic(8, True, 3)
+    with pytest.raises(ValueError, match="block must be one of"):
+        specs.resnet_spec("wide", (1,))
+    with pytest.raises(ValueError, match="unknown model 'resnet200'"):
+        specs.family_spec("resnet200")
+
+
+# ---------------------------------------------------------------------------------- every backend: API
+
+
+def test_backend_lists_the_family(rn):
+    names = ["BasicBlock", "Bottleneck", "PreActBasic", "PreActBottleneck", *specs.FAMILY]
+    assert all(name in rn.__all__ for name in names)
+    for name, described in specs.FAMILY.items():
+        builder = getattr(rn, name)
+        assert builder.__name__ == name and builder.__doc__ == described.docstring
+
+
+def test_package_names_resolve_to_the_selected_backend(rn, backend_name, fresh_selection):
+    resnet.set_backend(backend_name)
+    assert resnet.resnet50 is rn.resnet50 and resnet.PreActBottleneck is rn.PreActBottleneck
+    assert resnet.macs(rn.resnext50_32x4d(), IMAGENET) == macs(specs.family_spec("resnext50_32x4d"), IMAGENET)
+
+
+def test_wrong_input_channels_is_clear(rn):
+    with pytest.raises(ValueError, match="built for 3 input channels, but the input has 1"):
+        resnet.output_shape(rn.resnet18(), (1, 1, 32, 32))
+    model = rn.resnet18(num_classes=10, in_channels=1)
+    assert resnet.output_shape(model, (2, 1, 32, 32)) == (2, 10)
+
+
+def test_registry_builds_for_the_data(rn):
+    model = build_model("resnet34", rn, num_classes=10, in_channels=1)  # as `resnet train --model resnet34` does
+    assert rn.spec_of(model) == specs.family_spec("resnet34", 10, 1)
+    assert rn.spec_of(build_model("resnet18", rn)) == specs.book_resnet(specs.RESNET18_ARCH, 10)
+
+
+def test_cli_family_prints_the_table(capsys):
+    from resnet.cli import main
+
+    assert main(["family"]) == 0
+    assert capsys.readouterr().out.strip() == family_table()
+
+
+def test_cli_summary_of_a_family_model(rn, backend_name, fresh_selection, capsys):
+    from resnet.cli import main
+
+    assert main(["--backend", backend_name, "summary", "resnext50-32x4d", "--input-shape", "1,3,64,64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        *(f"{part:<4}  output shape: {shape}" for part, shape in model_part_shapes(
+            specs.family_spec("resnext50_32x4d"), (1, 3, 64, 64))),
+        "trainable parameters: 25,028,904",
+        f"multiply-adds: {macs(specs.family_spec('resnext50_32x4d'), (1, 3, 64, 64)):,}",
+    ]
+
+
+# ------------------------------------------------------------ every backend: blocks and small models
+
+
+@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
+def test_golden_file_matches_reference(case):
+    stored, fresh = golden(case), expected_values(case)
+    assert sorted(stored) == sorted(fresh)
+    for name, value in fresh.items():
+        assert_close(stored[name], value, 1e-6 * max(1.0, float(np.abs(value).max())), name)
+
+
+@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
+def test_inference_matches_reference(rn, case):
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    assert_close(resnet.forward(model, arrays["input"]), arrays["inference"], tolerance(case), "inference output")
+    assert resnet.output_shape(model, case.input_shape) == arrays["inference"].shape
+
+
+@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
+def test_training_pass_matches_reference(rn, case):
+    """Training-mode output, the gradient of every weight, and the running statistics after one pass."""
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    output, grads = rn.vjp(model, arrays["input"], arrays["output_grad"])
+    assert_close(output, arrays["training"], tolerance(case), "training-mode output")
+    assert_grads_close(grads, section(arrays, "grad"))
+    after = rn.get_arrays(model)
+    for name, value in section(arrays, "after_training").items():
+        assert_close(after[name], value, 1e-5, f"{name} after one training pass")
+
+
+@pytest.mark.parametrize("case", SMALL_FAMILY_MODELS, ids=lambda c: c.name)
+def test_sgd_step_and_predict_match_reference(rn, case):
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    assert_close(rn.make_predict(model)(arrays["input"]), arrays["inference"], 1e-4, "make_predict output")
+    loss = rn.make_train_step(model, SGD_LR)(arrays["input"], arrays["labels"])
+    assert abs(loss - float(arrays["sgd_loss"][0])) <= 1e-5 * max(1.0, abs(float(arrays["sgd_loss"][0])))
+    after = rn.get_arrays(model)
+    for name, value in section(arrays, "after_sgd").items():
+        assert_close(after[name], value, 2e-5, f"{name} after one SGD step")
+
+
+@pytest.mark.parametrize("case", FAMILY_BLOCK_CASES[1::2], ids=lambda c: c.name)
+def test_block_weights_files_are_canonical(rn, case, tmp_path):
+    """Names with the projection shortcut's ``downsample.conv`` / ``downsample.bn`` in every backend."""
+    model = loaded(rn, case, golden(case))
+    resnet.save_weights(model, tmp_path / "block.safetensors")
+    saved, _ = read_weights(tmp_path / "block.safetensors")
+    assert sorted(saved) == sorted(tensor_infos(case.spec, case.input_shape))
+    assert any(name.startswith("downsample.conv.") for name in saved)
+
+
+# ------------------------------------------------------------------- every backend: the full models
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Weights, a 2x3x32x32 input and the reference's inference output for the family's model ``name``.
+
+    Random weights let activations grow through 16 or more blocks (logits near 200 for ResNet-50), so the
+    dense layer is rescaled to make the logits of order 1, where an absolute tolerance of 1e-4 is meaningful.
+    """
+    spec, shape = specs.family_spec(name), (2, 3, 32, 32)
+    weights = init_weights(spec, shape, seed=5)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    bias = weights["last.fc.bias"].astype(np.float64)
+    logits = Reference(spec, weights).forward(x) - bias
+    scale = np.float32(1.0 / np.abs(logits).max())
+    weights["last.fc.weight"] = weights["last.fc.weight"] * scale
+    return weights, x, logits * np.float64(scale) + bias
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "preact_resnet50"])
+def test_model_inference_matches_reference(rn, name):
+    weights, x, expected = reference_run(name)
+    model = getattr(rn, name)()
+    rn.build(model, x.shape)
+    rn.set_arrays(model, weights)
+    assert_close(resnet.forward(model, x), expected, 1e-4, f"{name} inference output")
+
+
+@pytest.mark.parametrize("name", list(specs.FAMILY))
+def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
+    """At 32x32: parameters (torchvision's), multiply-adds, the layer summary (an inference-mode forward pass),
+    a training-mode forward and backward pass, and a neutral weights file loaded into a fresh model."""
+    model = getattr(rn, name)()
+    spec = rn.spec_of(model)
+    expected = TORCHVISION[name][0] if name in TORCHVISION else num_trainable(spec, TINY)
+    assert resnet.num_params(model, TINY) == expected
+    assert resnet.macs(model, IMAGENET) == macs(spec, IMAGENET)
+    lines = resnet.summary_lines(model, TINY)
+    assert [(line.split()[0], line.split("output shape: ")[1]) for line in lines] == [
+        (part, str(shape)) for part, shape in model_part_shapes(spec, TINY)
+    ]
+    # a batch of 2: in training mode, BN over a single value (the last stage is 1x1) passes no gradient back
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    output, grads = rn.vjp(model, x, rng.standard_normal((2, 1000)).astype(np.float32))
+    assert output.shape == (2, 1000) and np.isfinite(output).all()
+    trainable = {n: info.shape for n, info in tensor_infos(spec, TINY).items() if info.trainable}
+    assert {n: g.shape for n, g in grads.items()} == trainable
+    assert all(np.isfinite(g).all() for g in grads.values())
+    assert np.abs(grads["b1.conv.weight"]).max() > 0  # the gradient reaches the stem
+
+    resnet.save_weights(model, tmp_path / f"{name}.safetensors")
+    fresh = resnet.load_weights(getattr(rn, name)(), tmp_path / f"{name}.safetensors")
+    before, after = rn.get_arrays(model), rn.get_arrays(fresh)
+    assert sorted(after) == sorted(tensor_infos(spec, TINY))
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_cross_backend_weights(rn, backend_name, tmp_path):
+    """A pre-activation ResNeXt-style model saved here loads into every other installed backend with the same
+    outputs (the golden small model, in every pair of backends of this environment)."""
+    from conftest import INSTALLED
+
+    case = SMALL_FAMILY_MODELS[1]
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    resnet.save_weights(model, tmp_path / "w.safetensors")
+    for other in INSTALLED:
+        if other != backend_name:
+            target = importlib.import_module(f"resnet.backends.{other}")
+            copy = resnet.load_weights(case.make(target), tmp_path / "w.safetensors")
+            np.testing.assert_allclose(resnet.forward(copy, arrays["input"]), arrays["inference"], atol=1e-4)
