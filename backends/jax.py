@@ -846,35 +846,31 @@ def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.nd
     return to_numpy(y), _canonical(model, {"params": grads})
 
 
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+def _sgd_step(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array, labels: jax.Array, lr: jax.Array):
+    """One plain SGD step as a single XLA computation, compiled once per architecture and batch shape (the
+    learning rate is an argument, so every run of a model shares it); the old weights' buffers are donated."""
+    optimizer = optax.sgd(lr)  # no momentum: its state is empty
+
+    def loss_fn(params: Any) -> tuple[jax.Array, Any]:
+        logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return optax.apply_updates(params, updates), batch_stats, loss
+
+
 def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
     NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
-    optimizer = optax.sgd(lr)
-    module = model.clone(training=True)
-
-    # The whole step is one XLA computation; the old weights' buffers are donated to the new ones.
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params: Any, batch_stats: Any, opt_state: Any, x: jax.Array, labels: jax.Array) -> tuple:
-        def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-            logits, updates = module.apply(
-                {"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"]
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates["batch_stats"]
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-    opt_state = None
+    module, rate = model.clone(training=True), jnp.float32(lr)
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:
-        nonlocal opt_state
         build(model, x.shape)
         state = variables(model)
-        if opt_state is None:
-            opt_state = optimizer.init(state["params"])
-        params, batch_stats, opt_state, loss = step(
-            state["params"], state["batch_stats"], opt_state, to_native(x), jnp.asarray(labels, dtype=jnp.int32)
+        params, batch_stats, loss = _sgd_step(
+            module, state["params"], state["batch_stats"], to_native(x), jnp.asarray(labels, dtype=jnp.int32), rate
         )
         set_variables(model, {"params": params, "batch_stats": batch_stats})
         return float(loss)
