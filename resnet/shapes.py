@@ -26,6 +26,7 @@ from resnet.specs import (
 __all__ = [
     "TensorInfo",
     "block_output_shape",
+    "conv_macs",
     "conv_output_size",
     "family_table",
     "macs",
@@ -130,7 +131,9 @@ def num_trainable(spec: BlockSpec | ModelSpec, input_shape: Shape) -> int:
     return sum(math.prod(info.shape) for info in tensor_infos(spec, input_shape).values() if info.trainable)
 
 
-def _conv_macs(conv: ConvSpec, in_channels: int, input_shape: Shape) -> tuple[int, Shape]:
+def conv_macs(conv: ConvSpec, in_channels: int, input_shape: Shape) -> tuple[int, Shape]:
+    """(multiply-adds, NCHW output shape) of one convolution over an NCHW input, counted as ``macs`` does;
+    also for layers outside the package's blocks, e.g. an Inception block's branches."""
     out = _conv_shape(input_shape, conv)
     n, c, h, w = out
     return n * c * h * w * (in_channels // conv.groups) * conv.kernel * conv.kernel, out
@@ -143,7 +146,7 @@ def _block_macs(block: BlockSpec, input_shape: Shape) -> int:
     total, shape = 0, input_shape
     for name, layer in block.layers(input_shape[1]).items():
         if isinstance(layer, ConvSpec):
-            count, out = _conv_macs(layer, layer.in_channels, input_shape if name == block.shortcut else shape)
+            count, out = conv_macs(layer, layer.in_channels, input_shape if name == block.shortcut else shape)
             total += count
             if name != block.shortcut:
                 shape = out
@@ -163,7 +166,7 @@ def macs(spec: BlockSpec | ModelSpec, input_shape: Shape) -> int:
     if not isinstance(spec, ModelSpec):
         return _block_macs(spec, input_shape)
     check_model_input(spec, input_shape[1])
-    total, shape = _conv_macs(spec.stem.layers(input_shape[1])["conv"], input_shape[1], input_shape)
+    total, shape = conv_macs(spec.stem.layers(input_shape[1])["conv"], input_shape[1], input_shape)
     shape = _conv_shape(shape, spec.stem.pool)
     for _, block in spec.blocks():
         total += _block_macs(block, shape)
