@@ -56,3 +56,13 @@ def d2l(session: nox.Session) -> None:
         "pytest", *(session.posargs or ["-q", "-rs", "tests/test_d2l_conformance.py"]),
         env={"RESNET_REQUIRE_D2L": "1", **QUIET_TF},
     )
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS, ids=list(BACKENDS))
+def bench(session: nox.Session, backend: str) -> None:
+    """The speed benchmark in one backend's environment (not part of the default run: it takes minutes and
+    wants a quiet machine): ``nox -s bench``, then ``python -m resnet.bench_report bench-results/*.json``."""
+    session.install(f".[{backend}]")
+    session.run("python", "-m", "resnet.bench", "--backend", backend, "--json", f"bench-results/{backend}.json",
+                *session.posargs, env=QUIET_TF)

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", metavar="DIR",
                        help="run directory for metrics.csv, curves.png, last.safetensors (default runs/latest)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from resnet import bench  # imports no framework
+
+    bench.add_arguments(commands.add_parser("bench", help="measure speed against a stock-layer reference"))
     summary = commands.add_parser("summary", help="print a model's layer summary (NCHW shapes)")
     summary.add_argument("model", help=f"model name: {', '.join(MODELS)}")
     summary.add_argument("--input-shape", type=_input_shape, help="N,C,H,W (default: the model's own)")
@@ -128,6 +131,12 @@ def _check_writable(directory: Path) -> None:
                       "choose another with --out") from error
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from resnet import bench
+
+    return bench.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -135,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = getattr(args, "train_backend", None) or args.backend
         if chosen:
             selection.set_backend(chosen)
-        return {"summary": _summary, "train": _train, "family": _family}[args.command](args)
+        return {"summary": _summary, "train": _train, "bench": _bench, "family": _family}[args.command](args)
     except (ValueError, ImportError, OSError) as error:
         print(f"resnet: error: {error}", file=sys.stderr)
         return 2

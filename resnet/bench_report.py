@@ -1,0 +1,240 @@
+"""Merge the benchmark's JSON files, one per backend, into the markdown of the README's Performance section.
+
+    nox -s bench                                        # writes bench-results/<backend>.json in each environment
+    python -m resnet.bench_report bench-results/*.json  # the markdown on stdout
+    python -m resnet.bench_report bench-results/*.json --out bench-results/README-performance.md
+
+The page holds: the machine (CPU model, cores, load average, framework versions and threads, as each run
+recorded them), one table with a row per measurement and a column per backend (cells: ours / reference /
+ratio of the medians), the achieved GFLOP/s as a fraction of each framework's measured matrix-product peak,
+the ResNeXt block across backends, and the issue's speed targets with whether each is met. It imports no
+framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA
+from resnet.selection import BACKENDS
+
+__all__ = ["load_results", "main", "render", "targets"]
+
+#: Minimum ratio (ours / reference, medians) the issue asks for, per backend, on each ResNeXt row.
+RESNEXT_TARGETS = {"tensorflow": (10.0, "stock Keras grouped Conv2D"), "jax": (20.0, "stock Flax feature_group_count")}
+#: Every backend's ResNeXt block within this factor of the fastest backend's.
+ACROSS_BACKENDS = 2.0
+#: Ours against the straightforward reference on ResNet-18, every backend.
+RESNET18_TARGET = 0.95
+
+
+def load_results(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Read benchmark JSON files, in the canonical backend order; ValueError for a file that is not one."""
+    if not paths:
+        raise ValueError("no benchmark files given; pass the JSON files of `python -m resnet.bench --json PATH`")
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable benchmark file ({error})") from error
+        if not isinstance(result, dict) or result.get("schema") != SCHEMA or "measurements" not in result:
+            raise ValueError(f"{path}: not a benchmark result of this version (schema {SCHEMA}); run the benchmark "
+                             "again")
+        result["_path"] = str(path)
+        results.append(result)
+    backends = [r["backend"] for r in results]
+    duplicated = sorted({b for b in backends if backends.count(b) > 1})
+    if duplicated:
+        raise ValueError(f"more than one file for {', '.join(duplicated)}; pass one file per backend")
+    return sorted(results, key=lambda r: BACKENDS.index(r["backend"]) if r["backend"] in BACKENDS else len(BACKENDS))
+
+
+def _entries(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in result["measurements"]}
+
+
+def _number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "not measured"
+    if entry["status"] != "ok":
+        return entry["status"]
+    ours = _number(entry["ours"]["median"])
+    if not entry.get("reference"):
+        return ours
+    ratio = f"**{entry['ratio']:.2f}x**" if entry.get("comparable") else f"{entry['ratio']:.2f}x (n/c)"
+    return f"{ours} / {_number(entry['reference']['median'])} / {ratio}"
+
+
+def _row_label(name: str, settings: dict[str, Any]) -> str:
+    s = settings
+    labels = {
+        "resnet18_train": f"ResNet-18 train step (batch {s['batch_size']}, 1x{s['image_size']}x{s['image_size']}, SGD)",
+        "resnet18_infer": f"ResNet-18 inference (batch {s['batch_size']}, 1x{s['image_size']}x{s['image_size']})",
+        "resnet18_train_compiled": "ResNet-18 train step, torch.compile vs eager",
+        "resnet18_infer_compiled": "ResNet-18 inference, torch.compile vs eager",
+        "data_pipeline": f"data pipeline (`Batches`, 28 -> {s['image_size']}, batch {s['batch_size']})",
+        "import_resnet": "`import resnet`",
+        "import_backend": "`import resnet.backends.<name>` / framework alone",
+        "matmul_peak": f"matmul peak ({s['matmul_n']}x{s['matmul_n']} float32)",
+    }
+    for name_g, groups in RESNEXT_GROUPS.items():
+        labels[name_g] = (f"ResNeXtBlock({s['block_channels']}, {groups}, 1) fwd+bwd "
+                          f"(batch {s['block_batch']}, {s['block_channels']}x{s['block_size']}x{s['block_size']})")
+    return labels.get(name, name)
+
+
+_UNITS = {"data_pipeline": "batches/s", "import_resnet": "s", "import_backend": "s", "matmul_peak": "GFLOP/s"}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, backend, measured, met) for each of the issue's speed targets that the results can check;
+    ``met`` is None where a measurement is missing."""
+    checks: list[tuple[str, str, str, bool | None]] = []
+    by_backend = {r["backend"]: _entries(r) for r in results}
+    for backend, entries in by_backend.items():
+        if backend in RESNEXT_TARGETS:
+            minimum, what = RESNEXT_TARGETS[backend]
+            for name in RESNEXT_GROUPS:
+                entry = entries.get(name)
+                ok = entry is not None and entry["status"] == "ok"
+                measured = f"{entry['ratio']:.1f}x" if ok else "not measured"
+                checks.append((f"{name}: ours >= {minimum:g}x {what}", backend, measured,
+                               entry["ratio"] >= minimum if ok else None))
+        for name in ("resnet18_train", "resnet18_infer"):
+            entry = entries.get(name)
+            ok = entry is not None and entry["status"] == "ok"
+            checks.append((f"{name}: ours >= {RESNET18_TARGET}x the stock-layer reference", backend,
+                           f"{entry['ratio']:.2f}x" if ok else "not measured",
+                           entry["ratio"] >= RESNET18_TARGET if ok else None))
+    for name in RESNEXT_GROUPS:
+        speeds = {b: e[name]["ours"]["median"] for b, e in by_backend.items() if e.get(name, {}).get("status") == "ok"}
+        if len(speeds) < 2:
+            continue
+        fastest = max(speeds.values())
+        for backend, speed in speeds.items():
+            checks.append((f"{name}: within {ACROSS_BACKENDS:g}x of the fastest backend", backend,
+                           f"{fastest / speed:.2f}x slower than the fastest", fastest / speed <= ACROSS_BACKENDS))
+    return checks
+
+
+def _machine_lines(results: list[dict[str, Any]]) -> list[str]:
+    machines = {(r["machine"]["cpu"], r["machine"]["usable_cores"]) for r in results}
+    lines = []
+    if len(machines) > 1:
+        lines.append("**Warning: these files come from different machines; the columns do not compare.**")
+        lines.append("")
+    cpu, cores = sorted(machines)[0]
+    first = results[0]["machine"]
+    lines.append(f"Machine: {cpu}, {cores} usable cores ({first['cores']} in all), {first['platform']}, "
+                 f"Python {first['python']}. Per backend:")
+    lines.append("")
+    for r in results:
+        m = r["machine"]
+        versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+        lines.append(f"* **{r['backend']}**: {versions}; numpy {m['numpy']}; threads: {m.get('threads')}; "
+                     f"device {m.get('device')}; fast path: {r['fast_path']}; load average "
+                     f"{m.get('load_average_at_start')} at start, {m.get('load_average')} at end"
+                     + (f"; environment {m['thread_env']}" if m.get("thread_env") else ""))
+    return lines
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    """The markdown page for benchmark results (``load_results``)."""
+    settings = results[0]["settings"]
+    backends = [r["backend"] for r in results]
+    by_backend = {r["backend"]: _entries(r) for r in results}
+    lines = ["## Performance", ""]
+    if any(r["quick"] for r in results):
+        lines += ["**These are `--quick` results (tiny sizes): the numbers mean nothing.**", ""]
+    differing = [r["backend"] for r in results if r["settings"] != settings]
+    if differing:
+        lines += [f"**Warning: {', '.join(differing)} ran with other settings than {backends[0]}.**", ""]
+    lines += _machine_lines(results) + [""]
+
+    lines += ["Each cell: **ours / reference / ratio** of the medians over the repeats (ratio > 1: ours is "
+              "faster; for import times the ratio is reference time / our time). The reference is the chapter's "
+              "model written the plain way with the framework's stock layers, on the framework's usual fast path; "
+              "n/c marks a ratio that is not a like-for-like comparison; `n/a`, `skipped`, `unavailable` and "
+              "`error` say why a cell has no number (see the JSON).", ""]
+    rows = []
+    for name in MEASUREMENTS:
+        entries = [by_backend[b].get(name) for b in backends]
+        if all(e is None or e["status"] == "n/a" for e in entries):
+            continue
+        unit = _UNITS.get(name, "images/s")
+        rows.append([_row_label(name, settings), unit, *(_cell(e) for e in entries)])
+    lines += _table(["measurement", "unit", *backends], rows) + [""]
+
+    peak_rows = []
+    for name in ("resnet18_train", "resnet18_infer", *RESNEXT_GROUPS):
+        cells = []
+        for b in backends:
+            e = by_backend[b].get(name)
+            if e is None or e["status"] != "ok" or "peak_fraction" not in e:
+                cells.append("-")
+                continue
+            ref = e["peak_fraction"].get("reference")
+            cells.append(f"{e['gflops']['ours']:.1f} ({100 * e['peak_fraction']['ours']:.0f}%)"
+                         + (f" / {e['gflops']['reference']:.1f} ({100 * ref:.0f}%)" if ref is not None else ""))
+        peak_rows.append([_row_label(name, settings), *cells])
+    lines += ["Achieved GFLOP/s, ours / reference, with the fraction of that framework's measured matmul peak "
+              "(2 FLOPs per multiply-add; training and forward+backward count 3x the forward's 0.319 G "
+              "multiply-adds per 96x96 image for ResNet-18):", ""]
+    lines += _table(["measurement", *backends], peak_rows) + [""]
+
+    checks = targets(results)
+    if checks:
+        lines += ["Speed targets (issue 7), measured side by side:", ""]
+        marks = {True: "met", False: "**missed**", None: "not measured"}
+        lines += _table(["target", "backend", "measured", ""], [[t, b, m, marks[ok]] for t, b, m, ok in checks])
+        lines.append("")
+    lines += ["What is measured:", ""]
+    for name, text in MEASUREMENTS.items():
+        reference = REFERENCES[name]
+        lines.append(f"* `{name}`: {text}" + (f". Reference: {reference}" if reference else "; no reference") + ".")
+    lines += ["", f"Settings: {json.dumps({k: v for k, v in settings.items() if k != 'quick'})}. "
+              "Reproduce with `nox -s bench` and `python -m resnet.bench_report bench-results/*.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m resnet.bench_report FILES [--out PATH]``."""
+    parser = argparse.ArgumentParser(prog="python -m resnet.bench_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", help="benchmark JSON files, one per backend (bench-results/*.json)")
+    parser.add_argument("--out", metavar="PATH", help="write the markdown here instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        text = render(load_results(args.files))
+        if args.out:
+            from resnet.atomic import atomic_path
+
+            with atomic_path(args.out) as temporary:
+                temporary.write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+    except (ValueError, OSError) as error:
+        print(f"resnet bench_report: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

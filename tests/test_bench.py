@@ -1,0 +1,114 @@
+"""The benchmark harness (``python -m resnet.bench``) and its report: a ``--quick`` run in each backend gives
+every measurement with positive numbers, and the report renders them. No timing is asserted: speed targets
+are for the benchmark's own report, never for the tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from resnet import bench, bench_report, specs
+from resnet.bench import COMPILED, MEASUREMENTS, REFERENCES
+
+_RUNS: dict[str, object] = {}  # backend -> path of its --quick JSON: one run per backend for all the tests below
+
+
+@pytest.fixture
+def quick_json(backend_name, fresh_selection, tmp_path_factory, capsys):
+    """The JSON of one ``--quick`` run through the command line, in the backend under test."""
+    if backend_name not in _RUNS:
+        path = tmp_path_factory.mktemp(f"bench-{backend_name}") / f"{backend_name}.json"
+        status = bench.main(["--quick", "--backend", backend_name, "--json", str(path)])
+        printed = capsys.readouterr()
+        assert status == 0, printed.err[-4000:]
+        for name in MEASUREMENTS:
+            assert name in printed.out  # the table names every measurement
+        _RUNS[backend_name] = path
+    return _RUNS[backend_name]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_quick_run_has_every_measurement(backend_name, quick_json):
+    result = json.loads(quick_json.read_text())
+    assert result["backend"] == backend_name and result["quick"] is True
+    assert result["machine"]["cpu"] and result["machine"]["versions"]
+    entries = {entry["name"]: entry for entry in result["measurements"]}
+    assert list(entries) == list(MEASUREMENTS)
+    for name, entry in entries.items():
+        if name in COMPILED:  # compiling takes minutes: skipped under --quick in torch, n/a elsewhere
+            assert entry["status"] == ("skipped" if backend_name == "torch" else "n/a") and entry["reason"]
+            continue
+        assert entry["status"] == "ok", f"{name}: {entry.get('reason')}\n{entry.get('traceback', '')}"
+        repeats = result["settings"]["import_repeats" if name.startswith("import") else "repeats"]
+        sides = ("ours", "reference") if REFERENCES[name] else ("ours",)
+        for side in sides:
+            stats = entry[side]
+            assert len(stats["samples"]) == repeats and all(_positive(s) for s in stats["samples"]), (name, side)
+            assert stats["min"] <= stats["median"] <= stats["max"] and _positive(stats["min"]), (name, side)
+        if REFERENCES[name]:
+            assert entry["comparable"] is True and _positive(entry["ratio"]), name
+        else:
+            assert entry["reference"] is None and entry["ratio"] is None and entry["comparable"] is False, name
+        if name.startswith(("resnet18", "resnext")):
+            assert all(_positive(v) for v in entry["gflops"].values()), name
+            assert all(_positive(v) for v in entry["peak_fraction"].values()), name
+    assert _positive(entries["matmul_peak"]["ours"]["best"])
+
+
+def test_report_renders_the_json(backend_name, quick_json, tmp_path, capsys):
+    # A second backend's file, to render more than one column: the same numbers under another name.
+    other = next(name for name in ("torch", "jax") if name != backend_name)
+    copy = json.loads(quick_json.read_text())
+    copy["backend"] = other
+    (tmp_path / f"{other}.json").write_text(json.dumps(copy))
+    shutil.copy(quick_json, tmp_path / f"{backend_name}.json")
+    out = tmp_path / "performance.md"
+    assert bench_report.main([str(p) for p in sorted(tmp_path.glob("*.json"))] + ["--out", str(out)]) == 0
+    text = out.read_text()
+    assert "--quick" in text  # quick results are flagged as meaningless
+    header = next(line for line in text.splitlines() if line.startswith("| measurement | unit |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert sorted(columns[2:]) == sorted([backend_name, other])
+    for name in MEASUREMENTS:
+        assert f"`{name}`" in text
+    assert "ResNeXtBlock(64, 2, 1) fwd+bwd" in text and "| ResNet-18 train step" in text
+    assert "Speed targets" in text and json.loads(quick_json.read_text())["machine"]["cpu"] in text
+    capsys.readouterr()
+
+
+def test_report_refuses_bad_input(tmp_path, capsys):
+    assert bench_report.main([]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert bench_report.main([str(bad)]) == 2
+    assert "not a benchmark result" in capsys.readouterr().err
+
+
+def test_unknown_measurement_is_refused_before_any_import(capsys):
+    assert bench.main(["--only", "resnet18_train,warp_speed"]) == 2
+    error = capsys.readouterr().err
+    assert "warp_speed" in error and "resnext_g8" in error  # names the known ones
+
+
+def test_list_and_options(capsys):
+    assert bench.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in MEASUREMENTS)
+    assert bench.main(["--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err
+
+
+def test_multiply_adds_of_the_book_models():
+    resnet18 = specs.book_resnet(specs.RESNET18_ARCH, 10)
+    assert bench.multiply_adds(resnet18, (1, 1, 96, 96)) == 318_657_536  # the 0.319 G of the issue
+    # ResNeXtBlock(64, g, 1) at 48x48: two 1x1 convolutions (64 -> 64) and the grouped 3x3 (64 // g inputs each).
+    for groups in (2, 8, 32):
+        block = specs.resnext(64, groups, 1)
+        expected = 48 * 48 * (2 * 64 * 64 + 64 * (64 // groups) * 9)
+        assert bench.multiply_adds(block, (4, 64, 48, 48)) == expected
