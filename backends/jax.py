@@ -861,9 +861,14 @@ def _sgd_step(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array, la
     return optax.apply_updates(params, updates), batch_stats, loss
 
 
-def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+def make_train_step(
+    model: nn.Module, lr: float, compile: bool = False
+) -> Callable[[np.ndarray, np.ndarray], float]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+
+    ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    """
     module, rate = model.clone(training=True), jnp.float32(lr)
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:

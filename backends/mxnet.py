@@ -623,9 +623,14 @@ def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[
     return to_numpy(y), _native_grads(model)
 
 
-def make_train_step(model: nn.HybridBlock, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+def make_train_step(
+    model: nn.HybridBlock, lr: float, compile: bool = False
+) -> Callable[[np.ndarray, np.ndarray], float]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+
+    ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    """
     model.hybridize()  # the framework's fast path: one cached graph per input shape
     _initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
     trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})

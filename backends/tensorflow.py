@@ -630,9 +630,14 @@ def vjp(model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray) -> tu
     return to_numpy(y), _native_grads(model, grads)
 
 
-def make_train_step(model: keras.layers.Layer, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+def make_train_step(
+    model: keras.layers.Layer, lr: float, compile: bool = False
+) -> Callable[[np.ndarray, np.ndarray], float]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+
+    ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    """
     optimizer = keras.optimizers.SGD(learning_rate=lr)
 
     # Compiled once per input shape; reduce_retracing makes a second shape (a last, smaller batch) trace a

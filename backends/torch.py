@@ -509,15 +509,21 @@ def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.nd
     return to_numpy(y), _native_grads(model)
 
 
-def make_train_step(model: nn.Module, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+def make_train_step(
+    model: nn.Module, lr: float, compile: bool = False
+) -> Callable[[np.ndarray, np.ndarray], float]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss."""
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+
+    ``compile=True`` runs the model under ``torch.compile`` (PyTorch's optional fast path; eager otherwise).
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    forward = torch.compile(model) if compile else model
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(to_native(x)), torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        loss = F.cross_entropy(forward(to_native(x)), torch.from_numpy(np.asarray(labels, dtype=np.int64)))
         loss.backward()
         optimizer.step()
         return float(loss.detach())

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", metavar="DIR",
                        help="run directory for metrics.csv, curves.png, last.safetensors (default runs/latest)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--compile", action="store_true",
+                       help="torch only: run the train step under torch.compile (the other backends always compile it)")
     from resnet import bench  # imports no framework
 
     bench.add_arguments(commands.add_parser("bench", help="measure speed against a stock-layer reference"))
@@ -108,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1])
     print(f"training {args.model} in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
-                  model_name=args.model)
+                  model_name=args.model, compile=args.compile)
     print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")
     final = history.rows[-1] if history.rows else None
     if final is None:

@@ -159,6 +159,7 @@ def fit(
     progress: bool = True,
     model_name: str = "",
     log: Callable[[str], None] = print,
+    compile: bool = False,
 ) -> History:
     """Train ``model`` on ``dataset`` with plain SGD, evaluating after every epoch; returns the history.
 
@@ -171,6 +172,8 @@ def fit(
             the same in every backend.
         resume: continue the run in ``out_dir`` from its last complete epoch.
         progress: show a tqdm progress bar with images per second.
+        compile: PyTorch only, run the train step under ``torch.compile`` (the other backends always compile
+            theirs: jit in JAX, tf.function in TensorFlow, a hybridized graph in MXNet).
     """
     backend = backend_of(model)
     spec = backend.spec_of(model)
@@ -202,7 +205,7 @@ def fit(
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
-    train_step = backend.make_train_step(model, config.lr)
+    train_step = backend.make_train_step(model, config.lr, compile=compile)
     predict = backend.make_predict(model)
     for epoch in range(start, config.epochs + 1):
         losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress)

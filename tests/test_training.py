@@ -175,3 +175,16 @@ def test_cli_summary(backend_name, tmp_path):
     result = run_cli("summary", "resnet18", backend=backend_name, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "b5    output shape: (1, 512, 3, 3)" in result.stdout and "11,178,378" in result.stdout
+
+
+def test_compile_option_gives_the_same_step(rn):
+    """``compile=True`` (torch.compile in PyTorch; the other backends always compile) takes the same step."""
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    labels = np.array([0, 1, 2, 1])
+    losses = []
+    for compile in (False, True):
+        model = rn.ResNet(((1, 64),), num_classes=3)
+        rn.build(model, x.shape)
+        rn.set_arrays(model, initial_weights(model.spec, x.shape, seed=1))
+        losses.append([rn.make_train_step(model, 0.1, compile=compile)(x, labels) for _ in range(2)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
