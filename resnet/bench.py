@@ -1036,6 +1036,11 @@ def format_stats(stats: dict[str, Any] | None) -> str:
     return f"{_number(stats['median'])} [{_number(stats['min'])}-{_number(stats['max'])}]"
 
 
+#: A 1-minute load average at the start at or above this means other processes were running, so the figures are
+#: unreliable. (At the end the benchmark's own threads count too; bench_report allows for that.)
+BUSY_LOAD = 1.0
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The printed table: one row per measurement."""
     m = result["machine"]
@@ -1046,6 +1051,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{m['load_average']} at end" + ("  [--quick: tiny sizes; the numbers mean nothing]" * result["quick"]),
         "",
     ]
+    if (m["load_average_at_start"] or [0])[0] >= BUSY_LOAD:
+        lines[-1:-1] = [f"WARNING: the load average was {m['load_average_at_start'][0]} at the start: other processes "
+                        "are running, so these numbers are unreliable."]
     header = ("measurement", "unit", "ours median [min-max]", "reference median [min-max]", "ours/ref", "%peak", "note")
     rows = [header]
     for e in result["measurements"]:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA
+from resnet.bench import BUSY_LOAD, MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA
 from resnet.selection import BACKENDS
 
 __all__ = ["load_results", "main", "render", "targets"]
@@ -134,6 +134,14 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, str, bool | N
     return checks
 
 
+def _busy(result: dict[str, Any]) -> bool:
+    """Whether other processes ran during this result's run: the 1-minute load average was high at the start, or
+    at the end beyond what the benchmark's own threads (one per usable core) account for."""
+    m = result["machine"]
+    start, end = m.get("load_average_at_start"), m.get("load_average")
+    return bool(start and start[0] >= BUSY_LOAD) or bool(end and end[0] >= m["usable_cores"] + BUSY_LOAD)
+
+
 def _machine_lines(results: list[dict[str, Any]]) -> list[str]:
     machines = {(r["machine"]["cpu"], r["machine"]["usable_cores"]) for r in results}
     lines = []
@@ -145,6 +153,11 @@ def _machine_lines(results: list[dict[str, Any]]) -> list[str]:
     lines.append(f"Machine: {cpu}, {cores} usable cores ({first['cores']} in all), {first['platform']}, "
                  f"Python {first['python']}. Per backend:")
     lines.append("")
+    busy = [r["backend"] for r in results if _busy(r)]
+    if busy:
+        lines.insert(0, f"**Warning: other processes were running during the {', '.join(busy)} run(s) (see the load "
+                        "averages below): those numbers are unreliable; measure again on an idle machine.**")
+        lines.insert(1, "")
     for r in results:
         m = r["machine"]
         versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
@@ -196,7 +209,8 @@ def render(results: list[dict[str, Any]]) -> str:
         peak_rows.append([_row_label(name, settings), *cells])
     lines += ["Achieved GFLOP/s, ours / reference, with the fraction of that framework's measured matmul peak "
               "(2 FLOPs per multiply-add; training and forward+backward count 3x the forward's 0.319 G "
-              "multiply-adds per 96x96 image for ResNet-18):", ""]
+              "multiply-adds per 96x96 image for ResNet-18). Above 100% means the peak was measured low, on a "
+              "busy machine:", ""]
     lines += _table(["measurement", *backends], peak_rows) + [""]
 
     checks = targets(results)
