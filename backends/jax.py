@@ -567,17 +567,24 @@ class ResNet(nn.Module):
         training: BatchNorm uses batch statistics and updates ``batch_stats`` (the book's field).
         spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
             the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
+        dtype: ``"float32"`` (the default) or ``"float64"``, the precision of the weights and the computation.
+            Flax's layers compute in their inputs' and weights' precision; float64 needs JAX's x64 mode, which
+            a float64 model turns on for the process (``jax_enable_x64``: JAX has no per-array switch).
     """
 
     arch: Sequence[Sequence[int]] | None = None
     num_classes: int = 10
     training: bool = True
     spec: ModelSpec | None = None
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         # ValueError now, not at the first init; the book's arch becomes its description.
         object.__setattr__(self, "spec", specs.model_spec(self.arch, self.num_classes, self.spec))
         object.__setattr__(self, "arch", _hashable(self.arch))
+        object.__setattr__(self, "dtype", specs.check_dtype(self.dtype))
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
         super().__post_init__()
 
     def setup(self) -> None:
@@ -617,17 +624,19 @@ class ResNet(nn.Module):
         return outputs
 
 
-def ResNet18(num_classes: int = 10, training: bool = True) -> ResNet:
+def ResNet18(num_classes: int = 10, training: bool = True, *, dtype: str = "float32") -> ResNet:
     """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
-    return ResNet(specs.RESNET18_ARCH, num_classes, training)
+    return ResNet(specs.RESNET18_ARCH, num_classes, training, dtype=dtype)
 
 
 def _family_builder(name: str) -> Callable[..., ResNet]:
     """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
     described = specs.FAMILY[name]
 
-    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
-        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+    ) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = described.docstring
@@ -703,9 +712,15 @@ def spec_of(model: Any) -> BlockSpec | ModelSpec:
     return model.spec
 
 
-def to_native(x: np.ndarray) -> jax.Array:
-    """A float32 NCHW NumPy array as a native array in NHWC order (2-D arrays are left as they are)."""
-    x = np.asarray(x, dtype=np.float32)
+def dtype_of(model: nn.Module) -> str:
+    """The precision of the model's weights, ``"float32"`` or ``"float64"`` (the model's ``dtype`` field;
+    blocks are float32)."""
+    return getattr(model, "dtype", "float32")
+
+
+def to_native(x: np.ndarray, dtype: str = "float32") -> jax.Array:
+    """An NCHW NumPy array as a native array of ``dtype`` in NHWC order (2-D arrays are left as they are)."""
+    x = np.asarray(x, dtype=dtype)
     return jnp.asarray(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
 
 
@@ -726,7 +741,7 @@ def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         # Flax's initializers would compile for ~10-20 s (ResNet-18 on a CPU): take only the variables'
         # shapes from Flax, and the values from the seeded framework-neutral initializer, as the trainer does.
         n, c, h, w = input_shape
-        x = jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)
+        x = jax.ShapeDtypeStruct((n, h, w, c), dtype_of(model))
         shapes = jax.eval_shape(model.clone(training=False).init, jax.random.PRNGKey(0), x)
         set_variables(model, jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
         set_arrays(model, initial_weights(model.spec, input_shape))
@@ -802,28 +817,30 @@ def _native_items(model: nn.Module) -> dict[str, tuple[tuple[str, ...], tuple[in
 
 
 def _canonical(model: nn.Module, tree: Variables) -> dict[str, np.ndarray]:
-    """Canonical name -> float32 array in canonical layout, for every tensor of ``tree`` (variables or
-    gradients with the same structure)."""
+    """Canonical name -> array in canonical layout, for every tensor of ``tree`` (variables or gradients with
+    the same structure)."""
     flat = traverse_util.flatten_dict(tree)
     return {
-        name: np.array(np.asarray(flat[key]).transpose(axes) if axes else flat[key], dtype=np.float32)
+        name: np.array(np.asarray(flat[key]).transpose(axes) if axes else flat[key])
         for name, (key, axes) in _native_items(model).items()
         if key in flat
     }
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
-    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    """Every weight and BatchNorm statistic as canonical name -> array in canonical layout, in the model's
+    precision."""
     return _canonical(model, variables(model))
 
 
 def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
-    native = _native_items(model)
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors, in the model's
+    precision."""
+    native, dtype = _native_items(model), dtype_of(model)
     flat = traverse_util.flatten_dict(variables(model))
     for name, value in arrays.items():
         key, axes = native[name]
-        value = np.asarray(value, dtype=np.float32)
+        value = np.asarray(value, dtype=dtype)
         flat[key] = jnp.asarray(value.transpose(np.argsort(axes)) if axes else value)
     set_variables(model, traverse_util.unflatten_dict(flat))
 
@@ -835,13 +852,13 @@ def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.nd
     in a training step.
     """
     build(model, x.shape)
-    state, module = variables(model), model.clone(training=True)
+    state, module, dtype = variables(model), model.clone(training=True), dtype_of(model)
 
     def forward(params: Any) -> tuple[jax.Array, Any]:
-        return _training(module, {**state, "params": params}, to_native(x))
+        return _training(module, {**state, "params": params}, to_native(x, dtype))
 
     y, pullback, batch_stats = jax.vjp(forward, state["params"], has_aux=True)
-    (grads,) = pullback(to_native(output_grad))
+    (grads,) = pullback(to_native(output_grad, dtype))
     set_variables(model, {**state, "batch_stats": batch_stats})
     return to_numpy(y), _canonical(model, {"params": grads})
 
@@ -869,13 +886,14 @@ def make_train_step(
 
     ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
     """
-    module, rate = model.clone(training=True), jnp.float32(lr)
+    dtype = dtype_of(model)
+    module, rate = model.clone(training=True), jnp.asarray(lr, dtype)
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:
         build(model, x.shape)
         state = variables(model)
         params, batch_stats, loss = _sgd_step(
-            module, state["params"], state["batch_stats"], to_native(x), jnp.asarray(labels, dtype=jnp.int32), rate
+            module, state["params"], state["batch_stats"], to_native(x, dtype), jnp.asarray(labels, jnp.int32), rate
         )
         set_variables(model, {"params": params, "batch_stats": batch_stats})
         return float(loss)
@@ -886,10 +904,10 @@ def make_train_step(
 def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
 
-    module = model.clone(training=False)
+    module, dtype = model.clone(training=False), dtype_of(model)
 
     def predict(x: np.ndarray) -> np.ndarray:
         build(model, x.shape)
-        return to_numpy(_inference(module, variables(model), to_native(x)))
+        return to_numpy(_inference(module, variables(model), to_native(x, dtype)))
 
     return predict

@@ -354,6 +354,7 @@ class ResNet(nn.HybridBlock):
         num_classes: outputs of the final dense layer.
         spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
             the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
+        dtype: ``"float32"`` (the default) or ``"float64"``, the precision of the weights and the computation.
     """
 
     def __init__(
@@ -362,10 +363,12 @@ class ResNet(nn.HybridBlock):
         num_classes: int = 10,
         *,
         spec: ModelSpec | None = None,
+        dtype: str = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.spec = specs.model_spec(arch, num_classes, spec)
+        dtype = specs.check_dtype(dtype)
         parts: dict[str, nn.HybridBlock] = dict(b1=self.b1())
         for stage_name, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
             stage = nn.HybridSequential()
@@ -373,6 +376,7 @@ class ResNet(nn.HybridBlock):
             parts[stage_name] = stage
         parts["last"] = self.head()
         self.net = _sequential(parts)
+        self.cast(dtype)  # Gluon's parameters take this precision when they are created
 
     def b1(self) -> nn.HybridSequential:
         """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
@@ -413,16 +417,18 @@ class ResNet(nn.HybridBlock):
 class ResNet18(ResNet):
     """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
 
-    def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
-        super().__init__(specs.RESNET18_ARCH, num_classes, **kwargs)
+    def __init__(self, num_classes: int = 10, *, dtype: str = "float32", **kwargs: Any) -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype, **kwargs)
 
 
 def _family_builder(name: str) -> Callable[..., ResNet]:
     """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
     described = specs.FAMILY[name]
 
-    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
-        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+    ) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = described.docstring
@@ -457,9 +463,14 @@ def spec_of(model: Any) -> BlockSpec | ModelSpec:
     return model.spec
 
 
-def to_native(x: np.ndarray) -> mx.nd.NDArray:
-    """A float32 NCHW NumPy array as a native tensor (NCHW: no transposition)."""
-    return mx.nd.array(np.ascontiguousarray(x, dtype=np.float32), dtype=np.float32)
+def dtype_of(model: nn.HybridBlock) -> str:
+    """The precision of the model's weights, ``"float32"`` or ``"float64"`` (``model.cast(...)`` counts)."""
+    return np.dtype(next(iter(model.collect_params().values())).dtype).name
+
+
+def to_native(x: np.ndarray, dtype: str = "float32") -> mx.nd.NDArray:
+    """An NCHW NumPy array as a native tensor of ``dtype`` (NCHW: no transposition)."""
+    return mx.nd.array(np.ascontiguousarray(x, dtype=dtype), dtype=dtype)
 
 
 def to_numpy(y: mx.nd.NDArray) -> np.ndarray:
@@ -498,7 +509,7 @@ def build(model: nn.HybridBlock, input_shape: tuple[int, ...]) -> None:
     """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
     if not is_built(model):
         _initialize(model)
-        apply(model, mx.nd.zeros(input_shape), training=False)
+        apply(model, mx.nd.zeros(input_shape, dtype=dtype_of(model)), training=False)
 
 
 def apply(model: nn.HybridBlock, x: mx.nd.NDArray, training: bool) -> mx.nd.NDArray:
@@ -589,22 +600,24 @@ def _native_items(model: nn.HybridBlock) -> dict[str, gluon.Parameter]:
 
 
 def get_arrays(model: nn.HybridBlock) -> dict[str, np.ndarray]:
-    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    """Every weight and BatchNorm statistic as canonical name -> array in canonical layout, in the model's
+    precision."""
     return {name: param.data().asnumpy() for name, param in _native_items(model).items()}
 
 
 def set_arrays(model: nn.HybridBlock, arrays: dict[str, np.ndarray]) -> None:
-    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors, in the model's
+    precision."""
     native = _native_items(model)
     for name, value in arrays.items():
         # set_data copies into the existing arrays, which a hybridized model's cached graph reads.
-        native[name].set_data(to_native(value))
+        native[name].set_data(to_native(value, native[name].dtype))
 
 
 def _native_grads(model: nn.HybridBlock) -> dict[str, np.ndarray]:
     """Canonical name -> gradient of each trainable tensor, in canonical layout."""
     return {
-        name: np.zeros(p.shape, np.float32) if p.grad_req == "null" else p.grad().asnumpy()
+        name: np.zeros(p.shape, p.dtype) if p.grad_req == "null" else p.grad().asnumpy()
         for name, p in _native_items(model).items()
         if not name.endswith(_STATISTICS)
     }
@@ -617,9 +630,10 @@ def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[
     in a training step.
     """
     build(model, x.shape)
+    dtype = dtype_of(model)
     # Not apply(training=True): its own zero-gradient backward would update the running averages twice.
-    y = _recorded_training_forward(model, to_native(x))
-    y.backward(to_native(output_grad))  # grad_req 'write': overwrites any earlier gradient
+    y = _recorded_training_forward(model, to_native(x, dtype))
+    y.backward(to_native(output_grad, dtype))  # grad_req 'write': overwrites any earlier gradient
     return to_numpy(y), _native_grads(model)
 
 
@@ -634,11 +648,11 @@ def make_train_step(
     model.hybridize()  # the framework's fast path: one cached graph per input shape
     _initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
     trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    loss_fn, dtype = gluon.loss.SoftmaxCrossEntropyLoss(), dtype_of(model)
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:
         with autograd.record(train_mode=True):
-            loss = loss_fn(model(to_native(x)), mx.nd.array(labels, dtype=np.float32))  # one loss per example
+            loss = loss_fn(model(to_native(x, dtype)), to_native(labels, dtype))  # one loss per example
         loss.backward()  # gradient of the sum ...
         trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
         return float(loss.mean().asscalar())
@@ -650,7 +664,9 @@ def make_predict(model: nn.HybridBlock) -> Callable[[np.ndarray], np.ndarray]:
     """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
     model.hybridize()  # the framework's fast path, as in make_train_step
 
+    dtype = dtype_of(model)
+
     def predict(x: np.ndarray) -> np.ndarray:
-        return to_numpy(apply(model, to_native(x), training=False))
+        return to_numpy(apply(model, to_native(x, dtype), training=False))
 
     return predict

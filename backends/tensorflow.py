@@ -97,7 +97,13 @@ class MaxPool2d(keras.layers.Layer):
 
 
 class Sequential(keras.Sequential):
-    """``keras.Sequential`` that can also be indexed (``stage[0]``) and measured (``len``), like PyTorch's."""
+    """``keras.Sequential`` that can also be indexed (``stage[0]``) and measured (``len``), like PyTorch's, and
+    that takes a ``dtype`` as other layers do (Keras' own casts its inputs to float32 whatever its layers')."""
+
+    def __init__(self, layers: Sequence[keras.layers.Layer], dtype: Any = None, **kwargs: Any) -> None:
+        super().__init__(layers, **kwargs)
+        if dtype is not None:
+            self.dtype_policy = dtype
 
     def __getitem__(self, index: int) -> keras.layers.Layer:
         return self.layers[index]
@@ -106,16 +112,19 @@ class Sequential(keras.Sequential):
         return len(self.layers)
 
 
-def make_layer(layer: LayerSpec) -> keras.layers.Layer:
-    """The native layer for a layer description, its input size inferred at the first call."""
+def make_layer(layer: LayerSpec, dtype: Any = None) -> keras.layers.Layer:
+    """The native layer for a layer description, its input size inferred at the first call (``dtype``: Keras'
+    dtype policy; every layer of a model needs its model's, as Keras casts each layer's inputs to its own)."""
     if isinstance(layer, ConvSpec):
-        return Conv2d(layer)
+        return Conv2d(layer, dtype=dtype)
     if isinstance(layer, BatchNormSpec):
         # Keras' momentum is the weight of the old running value; its running variance averages the biased
         # batch variance, the canonical rule.
-        return keras.layers.BatchNormalization(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON)
+        return keras.layers.BatchNormalization(
+            momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, dtype=dtype
+        )
     if isinstance(layer, DenseSpec):
-        return keras.layers.Dense(layer.out_features)
+        return keras.layers.Dense(layer.out_features, dtype=dtype)
     raise TypeError(f"unknown layer description {layer!r}")
 
 
@@ -125,8 +134,8 @@ class Shortcut(keras.layers.Layer):
 
     def __init__(self, conv_spec: ConvSpec, batch_norm: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.conv = make_layer(conv_spec)
-        self.bn = make_layer(BatchNormSpec()) if batch_norm else None
+        self.conv = make_layer(conv_spec, self.dtype_policy)
+        self.bn = make_layer(BatchNormSpec(), self.dtype_policy) if batch_norm else None
 
     def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         X = self.conv(X)
@@ -136,12 +145,12 @@ class Shortcut(keras.layers.Layer):
 def _add_layers(module: keras.layers.Layer, spec: BlockSpec) -> None:
     """Create a block's layers as attributes named as in the description (conv1, bn1, ...); the layers of a
     projection shortcut, ``downsample.conv`` and ``downsample.bn``, go into a ``Shortcut`` named ``downsample``."""
-    layers = spec.layers()
+    layers, dtype = spec.layers(), module.dtype_policy
     for name, layer in layers.items():
         if not name.startswith("downsample."):
-            setattr(module, name, make_layer(layer))
+            setattr(module, name, make_layer(layer, dtype))
     if "downsample.conv" in layers:
-        module.downsample = Shortcut(layers["downsample.conv"], "downsample.bn" in layers)
+        module.downsample = Shortcut(layers["downsample.conv"], "downsample.bn" in layers, dtype=dtype)
 
 
 def _check_input(module: keras.layers.Layer, input_shape: tuple[int | None, ...]) -> None:
@@ -378,16 +387,17 @@ class PreActBottleneck(keras.layers.Layer):
 # ---------------------------------------------------------------------------------------------- models
 
 
-def make_block(spec: BlockSpec) -> keras.layers.Layer:
-    """The native block for a block description."""
+def make_block(spec: BlockSpec, dtype: Any = None) -> keras.layers.Layer:
+    """The native block for a block description (``dtype``: Keras' dtype policy)."""
     if isinstance(spec, specs.ResidualSpec):
-        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides)
+        return Residual(spec.num_channels, spec.use_1x1conv, spec.strides, dtype=dtype)
     if isinstance(spec, specs.ResNeXtSpec):
-        return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides)
+        return ResNeXtBlock(spec.num_channels, spec.groups, spec.bot_mul, spec.use_1x1conv, spec.strides, dtype=dtype)
     if isinstance(spec, specs.BasicSpec):
-        return (PreActBasic if spec.preact else BasicBlock)(spec.num_channels, spec.use_1x1conv, spec.strides)
+        cls = PreActBasic if spec.preact else BasicBlock
+        return cls(spec.num_channels, spec.use_1x1conv, spec.strides, dtype=dtype)
     return (PreActBottleneck if spec.preact else Bottleneck)(
-        spec.planes, spec.use_1x1conv, spec.strides, spec.groups, spec.base_width, spec.stride_in_1x1
+        spec.planes, spec.use_1x1conv, spec.strides, spec.groups, spec.base_width, spec.stride_in_1x1, dtype=dtype
     )
 
 
@@ -400,6 +410,7 @@ class ResNet(keras.Model):
         num_classes: outputs of the final dense layer.
         spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
             the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
+        dtype: ``"float32"`` (the default) or ``"float64"``, the precision of the weights and the computation.
     """
 
     def __init__(
@@ -408,38 +419,42 @@ class ResNet(keras.Model):
         num_classes: int = 10,
         *,
         spec: ModelSpec | None = None,
+        dtype: str = "float32",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(dtype=specs.check_dtype(dtype), **kwargs)
         self.spec = specs.model_spec(arch, num_classes, spec)
         # The parts in the order of spec.part_names: b1, the stages, last (the hooks below rely on it).
         parts = [self.b1()]
         for _, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
-            parts.append(Sequential([make_block(b) for b in blocks]))
+            parts.append(Sequential([make_block(b, self.dtype_policy) for b in blocks], dtype=self.dtype_policy))
         parts.append(self.head())
-        self.net = Sequential(parts)
+        self.net = Sequential(parts, dtype=self.dtype_policy)
 
     def b1(self) -> Sequential:
         """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
-        layers, pool = self.spec.stem.layers(), self.spec.stem.pool
+        layers, pool, dtype = self.spec.stem.layers(), self.spec.stem.pool, self.dtype_policy
         return Sequential(
             [
-                make_layer(layers["conv"]),
-                make_layer(layers["bn"]),
-                keras.layers.ReLU(),
-                MaxPool2d(pool.kernel, pool.stride, pool.padding),
-            ]
+                make_layer(layers["conv"], dtype),
+                make_layer(layers["bn"], dtype),
+                keras.layers.ReLU(dtype=dtype),
+                MaxPool2d(pool.kernel, pool.stride, pool.padding, dtype=dtype),
+            ],
+            dtype=dtype,
         )
 
     def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> Sequential:
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
-        return Sequential([make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)])
+        stage = specs.book_stage(num_residuals, num_channels, first_block)
+        return Sequential([make_block(b, self.dtype_policy) for b in stage], dtype=self.dtype_policy)
 
     def head(self) -> Sequential:
         """The head: global average pooling and a dense layer to the classes (after BN and ReLU in ResNet v2)."""
-        layers = self.spec.head.layers()
-        preact = [make_layer(layers["bn"]), keras.layers.ReLU()] if "bn" in layers else []
-        return Sequential([*preact, keras.layers.GlobalAveragePooling2D(), make_layer(layers["fc"])])
+        layers, dtype = self.spec.head.layers(), self.dtype_policy
+        preact = [make_layer(layers["bn"], dtype), keras.layers.ReLU(dtype=dtype)] if "bn" in layers else []
+        pool = keras.layers.GlobalAveragePooling2D(dtype=dtype)
+        return Sequential([*preact, pool, make_layer(layers["fc"], dtype)], dtype=dtype)
 
     def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         specs.check_model_input(self.spec, X.shape[-1])
@@ -449,16 +464,18 @@ class ResNet(keras.Model):
 class ResNet18(ResNet):
     """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
 
-    def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
-        super().__init__(specs.RESNET18_ARCH, num_classes, **kwargs)
+    def __init__(self, num_classes: int = 10, *, dtype: str = "float32", **kwargs: Any) -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype, **kwargs)
 
 
 def _family_builder(name: str) -> Callable[..., ResNet]:
     """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
     described = specs.FAMILY[name]
 
-    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
-        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+    ) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = described.docstring
@@ -493,9 +510,14 @@ def spec_of(model: Any) -> BlockSpec | ModelSpec:
     return model.spec
 
 
-def to_native(x: np.ndarray) -> tf.Tensor:
-    """A float32 NCHW NumPy array as a native tensor (NHWC: transposed; 2-D arrays unchanged)."""
-    x = np.asarray(x, dtype=np.float32)
+def dtype_of(model: keras.layers.Layer) -> str:
+    """The precision of the model's weights, ``"float32"`` or ``"float64"`` (Keras' ``dtype`` argument)."""
+    return model.dtype_policy.variable_dtype
+
+
+def to_native(x: np.ndarray, dtype: str = "float32") -> tf.Tensor:
+    """An NCHW NumPy array as a native tensor of ``dtype`` (NHWC: transposed; 2-D arrays unchanged)."""
+    x = np.asarray(x, dtype=dtype)
     return tf.constant(np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x)
 
 
@@ -529,7 +551,7 @@ def is_built(model: keras.layers.Layer) -> bool:
 def build(model: keras.layers.Layer, input_shape: tuple[int, ...]) -> None:
     """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
     if not is_built(model):
-        apply(model, to_native(np.zeros(input_shape, np.float32)), training=False)
+        apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
 
 
 def apply(model: keras.layers.Layer, x: tf.Tensor, training: bool) -> tf.Tensor:
@@ -576,7 +598,7 @@ def _native_items(model: keras.layers.Layer) -> dict[str, keras.Variable]:
 
 def _to_canonical(value: np.ndarray) -> np.ndarray:
     """Native layout -> canonical: HWIO kernels to OIHW, (in, out) dense weights to (out, in)."""
-    value = np.asarray(value, dtype=np.float32)
+    value = np.asarray(value)
     if value.ndim == 4:
         return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
     return np.ascontiguousarray(value.T) if value.ndim == 2 else value.copy()
@@ -584,22 +606,24 @@ def _to_canonical(value: np.ndarray) -> np.ndarray:
 
 def _from_canonical(value: np.ndarray) -> np.ndarray:
     """Canonical layout -> native: OIHW kernels to HWIO, (out, in) dense weights to (in, out)."""
-    value = np.asarray(value, dtype=np.float32)
+    value = np.asarray(value)
     if value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
     return value.T if value.ndim == 2 else value
 
 
 def get_arrays(model: keras.layers.Layer) -> dict[str, np.ndarray]:
-    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    """Every weight and BatchNorm statistic as canonical name -> array in canonical layout, in the model's
+    precision."""
     return {name: _to_canonical(variable.numpy()) for name, variable in _native_items(model).items()}
 
 
 def set_arrays(model: keras.layers.Layer, arrays: dict[str, np.ndarray]) -> None:
-    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors, in the model's
+    precision."""
     native = _native_items(model)
     for name, value in arrays.items():
-        native[name].assign(_from_canonical(value))
+        native[name].assign(_from_canonical(value).astype(native[name].dtype))
 
 
 def _trainable_items(model: keras.layers.Layer) -> dict[str, keras.Variable]:
@@ -611,7 +635,7 @@ def _native_grads(model: keras.layers.Layer, grads: Sequence[tf.Tensor | None]) 
     """Canonical name -> gradient of each trainable tensor, in canonical layout (``grads``: the tape's
     gradients, in the order of ``_trainable_items``)."""
     return {
-        name: np.zeros(variable.shape, np.float32) if grad is None else _to_canonical(grad)
+        name: _to_canonical(np.zeros(variable.shape, variable.dtype) if grad is None else grad)
         for (name, variable), grad in zip(_trainable_items(model).items(), grads)
     }
 
@@ -623,10 +647,10 @@ def vjp(model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray) -> tu
     in a training step.
     """
     build(model, x.shape)
-    variables = list(_trainable_items(model).values())
+    variables, dtype = list(_trainable_items(model).values()), dtype_of(model)
     with tf.GradientTape() as tape:
-        y = apply(model, to_native(x), training=True)
-    grads = tape.gradient(y, variables, output_gradients=to_native(output_grad))
+        y = apply(model, to_native(x, dtype), training=True)
+    grads = tape.gradient(y, variables, output_gradients=to_native(output_grad, dtype))
     return to_numpy(y), _native_grads(model, grads)
 
 
@@ -638,7 +662,7 @@ def make_train_step(
 
     ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
     """
-    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    optimizer, dtype = keras.optimizers.SGD(learning_rate=lr), dtype_of(model)
 
     # Compiled once per input shape; reduce_retracing makes a second shape (a last, smaller batch) trace a
     # shape-generic version instead of one graph per size.
@@ -655,7 +679,7 @@ def make_train_step(
         if not optimizer.built:  # create the weights and the optimizer's state outside the compiled function
             build(model, x.shape)
             optimizer.build(model.trainable_weights)
-        return float(compiled_step(to_native(x), tf.constant(np.asarray(labels, dtype=np.int64))))
+        return float(compiled_step(to_native(x, dtype), tf.constant(np.asarray(labels, dtype=np.int64))))
 
     return train_step
 
@@ -668,8 +692,10 @@ def make_predict(model: keras.layers.Layer) -> Callable[[np.ndarray], np.ndarray
     def compiled_predict(x: tf.Tensor) -> tf.Tensor:
         return model(x, training=False)
 
+    dtype = dtype_of(model)
+
     def predict(x: np.ndarray) -> np.ndarray:
         build(model, x.shape)  # create the weights outside the compiled function
-        return to_numpy(compiled_predict(to_native(x)))
+        return to_numpy(compiled_predict(to_native(x, dtype)))
 
     return predict

@@ -327,18 +327,26 @@ class ResNet(nn.Module):
         num_classes: outputs of the final dense layer.
         spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
             the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
+        dtype: ``"float32"`` (the default) or ``"float64"``, the precision of the weights and the computation.
     """
 
     def __init__(
-        self, arch: Sequence[Sequence[int]] | None = None, num_classes: int = 10, *, spec: ModelSpec | None = None
+        self,
+        arch: Sequence[Sequence[int]] | None = None,
+        num_classes: int = 10,
+        *,
+        spec: ModelSpec | None = None,
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.spec = specs.model_spec(arch, num_classes, spec)
+        dtype = specs.check_dtype(dtype)
         parts: OrderedDict[str, nn.Module] = OrderedDict(b1=self.b1())
         for stage_name, blocks in self.spec.stages:  # the book's self.block(...) for the book's arch
             parts[stage_name] = nn.Sequential(*(make_block(b) for b in blocks))
         parts["last"] = self.head()
         self.net = nn.Sequential(parts)
+        self.to(getattr(torch, dtype))  # lazy layers then create their weights in this precision
 
     def b1(self) -> nn.Sequential:
         """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
@@ -372,16 +380,18 @@ class ResNet(nn.Module):
 class ResNet18(ResNet):
     """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
 
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__(specs.RESNET18_ARCH, num_classes)
+    def __init__(self, num_classes: int = 10, *, dtype: str = "float32") -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype)
 
 
 def _family_builder(name: str) -> Callable[..., ResNet]:
     """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
     described = specs.FAMILY[name]
 
-    def builder(num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ResNet:
-        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1))
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+    ) -> ResNet:
+        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = described.docstring
@@ -416,9 +426,14 @@ def spec_of(model: Any) -> BlockSpec | ModelSpec:
     return model.spec
 
 
-def to_native(x: np.ndarray) -> torch.Tensor:
-    """A float32 NCHW NumPy array as a native tensor (NCHW: no transposition)."""
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+def dtype_of(model: nn.Module) -> str:
+    """The precision of the model's weights, ``"float32"`` or ``"float64"`` (``model.double()`` counts)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def to_native(x: np.ndarray, dtype: str = "float32") -> torch.Tensor:
+    """An NCHW NumPy array as a native tensor of ``dtype`` (NCHW: no transposition)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
 
 
 def to_numpy(y: torch.Tensor) -> np.ndarray:
@@ -434,7 +449,7 @@ def is_built(model: nn.Module) -> bool:
 def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Create the weights of a model's lazy layers for an NCHW input shape (a no-op once built)."""
     if not is_built(model):
-        apply(model, torch.zeros(input_shape), training=False)
+        apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
 
 
 def apply(model: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -476,22 +491,24 @@ def _native_items(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
-    """Every weight and BatchNorm statistic as canonical name -> float32 array in canonical layout."""
+    """Every weight and BatchNorm statistic as canonical name -> array in canonical layout, in the model's
+    precision."""
     return {name: tensor.detach().cpu().numpy().copy() for name, tensor in _native_items(model).items()}
 
 
 def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors."""
+    """Assign canonical arrays (already checked against ``get_arrays``) to the model's tensors, in the model's
+    precision."""
     native = _native_items(model)
     with torch.no_grad():
         for name, value in arrays.items():
-            native[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+            native[name].copy_(torch.from_numpy(np.asarray(value)))  # copy_ converts to the tensor's dtype
 
 
 def _native_grads(model: nn.Module) -> dict[str, np.ndarray]:
     """Canonical name -> gradient of each trainable tensor, in canonical layout."""
     return {
-        name.removeprefix("net."): np.zeros(p.shape, np.float32) if p.grad is None else p.grad.detach().cpu().numpy()
+        name.removeprefix("net."): to_numpy(torch.zeros_like(p) if p.grad is None else p.grad)
         for name, p in model.named_parameters()
     }
 
@@ -504,8 +521,9 @@ def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.nd
     """
     build(model, x.shape)
     model.zero_grad(set_to_none=True)
-    y = apply(model, to_native(x), training=True)
-    y.backward(to_native(output_grad))
+    dtype = dtype_of(model)
+    y = apply(model, to_native(x, dtype), training=True)
+    y.backward(to_native(output_grad, dtype))
     return to_numpy(y), _native_grads(model)
 
 
@@ -519,11 +537,12 @@ def make_train_step(
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     forward = torch.compile(model) if compile else model
+    dtype = dtype_of(model)
 
     def train_step(x: np.ndarray, labels: np.ndarray) -> float:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(forward(to_native(x)), torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        loss = F.cross_entropy(forward(to_native(x, dtype)), torch.from_numpy(np.asarray(labels, dtype=np.int64)))
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -534,7 +553,9 @@ def make_train_step(
 def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
 
+    dtype = dtype_of(model)
+
     def predict(x: np.ndarray) -> np.ndarray:
-        return to_numpy(apply(model, to_native(x), training=False))
+        return to_numpy(apply(model, to_native(x, dtype), training=False))
 
     return predict

@@ -63,7 +63,7 @@ def output_shape(model: Any, input_shape: Sequence[int]) -> Shape:
     shape = check_input_shape(input_shape)
     bk = backend_of(model)
     bk.build(model, shape)
-    return tuple(int(d) for d in bk.to_numpy(bk.apply(model, bk.to_native(_random(shape)), False)).shape)
+    return tuple(int(d) for d in bk.to_numpy(bk.apply(model, _native_input(bk, model, _random(shape)), False)).shape)
 
 
 def summary_lines(model: Any, input_shape: Sequence[int]) -> list[str]:
@@ -71,7 +71,7 @@ def summary_lines(model: Any, input_shape: Sequence[int]) -> list[str]:
     shape = check_input_shape(input_shape)
     bk = backend_of(model)
     bk.build(model, shape)
-    outputs = bk.part_outputs(model, bk.to_native(_random(shape)))
+    outputs = bk.part_outputs(model, _native_input(bk, model, _random(shape)))
     width = max(len(name) for name, _ in outputs)
     return [f"{name:<{width}}  output shape: {tuple(bk.to_numpy(y).shape)}" for name, y in outputs]
 
@@ -109,6 +109,11 @@ def _random(shape: Shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def _native_input(bk: Any, model: Any, x: np.ndarray) -> Any:
+    """An NCHW NumPy batch as the backend's native input for ``model``, in the model's precision."""
+    return bk.to_native(x, bk.dtype_of(model))
+
+
 def forward(model: Any, x: np.ndarray, training: bool = False) -> np.ndarray:
     """Run ``model`` on a NumPy array in NCHW order and return a NumPy array (NCHW, or (N, classes)).
 
@@ -121,7 +126,7 @@ def forward(model: Any, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise ValueError(f"x must be a 4-D array in NCHW order, got shape {x.shape}")
     bk = backend_of(model)
     bk.build(model, x.shape)
-    return bk.to_numpy(bk.apply(model, bk.to_native(x.astype(np.float32, copy=False)), bool(training)))
+    return bk.to_numpy(bk.apply(model, _native_input(bk, model, x), bool(training)))
 
 
 def spec_of(model: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Sequence
 from resnet import selection
 from resnet.data import DATASETS
 from resnet.models import MODELS, build_model, model_entry
+from resnet.specs import DTYPES
 
 __all__ = ["main"]
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--out", default="runs/latest", metavar="DIR",
                        help="run directory for metrics.csv, curves.png, last.safetensors (default runs/latest)")
+    train.add_argument("--dtype", default="float32", choices=DTYPES,
+                       help="precision of the weights and computation (default float32; float64 follows the NumPy "
+                            "reference step for step, several times slower)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--compile", action="store_true",
                        help="torch only: run the train step under torch.compile (the other backends always compile it)")
@@ -107,8 +111,8 @@ def _train(args: argparse.Namespace) -> int:
     _check_writable(out)
     backend = selection.backend_module()
     dataset = load_dataset(args.dataset, args.data_dir)
-    model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1])
-    print(f"training {args.model} in {backend.NAME} on {dataset.name}: {config}")
+    model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype)
+    print(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
                   model_name=args.model, compile=args.compile)
     print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")

@@ -25,7 +25,7 @@ __all__ = ["MODELS", "ModelEntry", "build_model", "model_entry"]
 class ModelEntry:
     """How to build a named model from a backend module, and the NCHW input and classes it is meant for."""
 
-    build: Callable[[ModuleType, int, int], Any]  # (backend module, num_classes, in_channels) -> native model
+    build: Callable[[ModuleType, int, int, str], Any]  # (backend, num_classes, in_channels, dtype) -> native model
     input_shape: tuple[int, int, int, int]
     description: str
     num_classes: int = 10
@@ -34,7 +34,9 @@ class ModelEntry:
 def _family_entry(name: str) -> ModelEntry:
     model = FAMILY[name]
     return ModelEntry(
-        lambda rn, num_classes, in_channels: getattr(rn, name)(num_classes=num_classes, in_channels=in_channels),
+        lambda rn, num_classes, in_channels, dtype: getattr(rn, name)(
+            num_classes=num_classes, in_channels=in_channels, dtype=dtype
+        ),
         (1, 3, 224, 224),
         f"{model.title}, torchvision's convention",
         num_classes=1000,
@@ -43,7 +45,7 @@ def _family_entry(name: str) -> ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "resnet18": ModelEntry(
-        lambda rn, num_classes, in_channels: rn.ResNet18(num_classes=num_classes),  # any input channels
+        lambda rn, num_classes, in_channels, dtype: rn.ResNet18(num_classes=num_classes, dtype=dtype),  # any input
         (1, 1, 96, 96),
         "the chapter's ResNet-18 (conv biases, 1 input channel), for 96x96 Fashion-MNIST",
     ),
@@ -63,12 +65,19 @@ def model_entry(name: str) -> ModelEntry:
     raise ValueError(f"unknown model {name!r}. Known models: {', '.join(MODELS)}")
 
 
-def build_model(name: str, backend: ModuleType, num_classes: int | None = None, in_channels: int | None = None) -> Any:
+def build_model(
+    name: str,
+    backend: ModuleType,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    dtype: str = "float32",
+) -> Any:
     """Build the named model with ``backend``'s native classes, for ``num_classes`` outputs and ``in_channels``
-    input channels (by default, those the model is meant for)."""
+    input channels (by default, those the model is meant for), in precision ``dtype``."""
     entry = model_entry(name)
     return entry.build(
         backend,
         entry.num_classes if num_classes is None else num_classes,
         entry.input_shape[1] if in_channels is None else in_channels,
+        dtype,
     )

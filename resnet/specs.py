@@ -27,6 +27,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+import numpy as np
+
 __all__ = [
     "BLOCK_KINDS",
     "BN_EPSILON",
@@ -52,6 +54,7 @@ __all__ = [
     "bottleneck",
     "check_block_input",
     "check_model_input",
+    "check_dtype",
     "family_spec",
     "model_spec",
     "residual",
@@ -64,6 +67,11 @@ BN_EPSILON = 1e-5
 #: Weight of the new batch statistic in the running averages (PyTorch's convention; Keras, Flax and Gluon
 #: take ``1 - BN_MOMENTUM`` as their ``momentum``).
 BN_MOMENTUM = 0.1
+
+#: The floating-point precisions a model can compute in: float32 (the default, as in the book) and float64, in
+#: which every backend follows the NumPy reference's float64 path step for step (float32 rounding flips ReLU and
+#: max-pooling decisions, so float32 runs drift apart after a few training steps whatever the implementation).
+DTYPES = ("float32", "float64")
 
 #: The book's ResNet-18: (number of residual blocks, channels) for each of the four stages.
 RESNET18_ARCH: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (2, 256), (2, 512))
@@ -529,6 +537,18 @@ def model_spec(
     if arch is not None and book_resnet(arch, num_classes) != spec:
         raise ValueError("give arch (the book's ResNet) or spec (any ModelSpec), not both")
     return spec
+
+
+def check_dtype(dtype: object) -> str:
+    """The model precision ``dtype`` as one of ``DTYPES`` (NumPy dtypes and their names are accepted)."""
+    try:
+        name = None if dtype is None else np.dtype(dtype).name  # type: ignore[call-overload]
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the NumPy dtype); got {dtype!r}. "
+                         "Use float32 for speed, float64 to follow the NumPy reference exactly.")
+    return name
 
 
 def book_stage(num_residuals: int, num_channels: int, first_block: bool = False) -> tuple[ResidualSpec, ...]:

@@ -123,11 +123,12 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         figure.savefig(temporary, format="png", dpi=100)
 
 
-def _settings(config: TrainConfig, dataset: Dataset, model_name: str, backend: str) -> dict[str, str]:
+def _settings(config: TrainConfig, dataset: Dataset, model_name: str, backend: str, dtype: str) -> dict[str, str]:
     return {
         **{k: str(v) for k, v in asdict(config).items() if k != "epochs"},
         "dataset": dataset.name,
         "model": model_name,
+        "dtype": dtype,
         "backend": backend,
     }
 
@@ -181,7 +182,7 @@ def fit(
     size = config.resize or dataset.train_images.shape[2]
     backend.build(model, (1, channels, size, size))
     out = Path(out_dir) if out_dir is not None else None
-    settings = _settings(config, dataset, model_name or type(model).__name__, backend.NAME)
+    settings = _settings(config, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model))
     history = History(dataset=dataset.name, note=dataset.note)
     start = 1
     if resume:

@@ -2,7 +2,8 @@
 
 Canonical names follow the model's description (``b1.conv.weight``, ``b2.0.bn1.running_mean``,
 ``last.fc.weight``; for a single block ``conv1.weight``...). Canonical layouts are OIHW convolution kernels
-and (out, in) dense weights, float32. BatchNorm running statistics are included. Loading parses only
+and (out, in) dense weights, float32 (float64 from a float64 model; either loads into a model of either
+precision, converted). BatchNorm running statistics are included. Loading parses only
 tensors and a string-to-string header (safetensors executes nothing) and checks every name, shape and
 dtype before any weight is changed.
 """
@@ -22,6 +23,8 @@ __all__ = ["FORMAT", "WeightsMismatchError", "load_weights", "read_weights", "sa
 
 #: Written into every file's header, checked on load.
 FORMAT = "resnet.neutral/1"
+#: The precisions a file may hold: every tensor float64 when saved from a float64 model, else float32.
+FILE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: Spatial size used to build a not-yet-built model before loading (parameters do not depend on it).
 _BUILD_SIZE = 32
 
@@ -31,10 +34,12 @@ class WeightsMismatchError(ValueError):
 
 
 def write_weights(arrays: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write canonical arrays to a safetensors file atomically (temporary file, then rename)."""
+    """Write canonical arrays to a safetensors file atomically (temporary file, then rename): float64 if they
+    all are (a float64 model's), else float32."""
     from safetensors.numpy import save_file
 
-    tensors = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in arrays.items()}
+    dtype = np.float64 if all(np.asarray(v).dtype == np.float64 for v in arrays.values()) else np.float32
+    tensors = {name: np.ascontiguousarray(value, dtype=dtype) for name, value in arrays.items()}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={"format": FORMAT, **metadata})
 
@@ -72,14 +77,15 @@ def save_weights(model: Any, path: str | os.PathLike) -> None:
 
 
 def check_arrays(expected: dict[str, np.ndarray], found: dict[str, np.ndarray], source: str) -> None:
-    """Raise WeightsMismatchError unless ``found`` has exactly the names, shapes and dtypes of ``expected``."""
+    """Raise WeightsMismatchError unless ``found`` has exactly the names and shapes of ``expected``, in float32
+    or float64 (converted to the model's precision on assignment)."""
     missing = [name for name in expected if name not in found]
     unexpected = [name for name in found if name not in expected]
     misshapen = [
         f"{name}: file {tuple(found[name].shape)} {found[name].dtype}, "
         f"model {tuple(expected[name].shape)} {expected[name].dtype}"
         for name in expected
-        if name in found and (found[name].shape != expected[name].shape or found[name].dtype != np.float32)
+        if name in found and (found[name].shape != expected[name].shape or found[name].dtype not in FILE_DTYPES)
     ]
     if missing or unexpected or misshapen:
         lines = [f"{source} does not fit this model:"]
@@ -88,7 +94,7 @@ def check_arrays(expected: dict[str, np.ndarray], found: dict[str, np.ndarray], 
                 lines.append(f"  {title} ({len(names)}): " + ", ".join(names))
         lines.append(
             "Load a file saved from the same architecture (same blocks, channels, classes and input channels); "
-            "tensors must be float32 in canonical layouts (OIHW kernels, (out, in) dense)."
+            "tensors must be float32 or float64 in canonical layouts (OIHW kernels, (out, in) dense)."
         )
         raise WeightsMismatchError("\n".join(lines))
 

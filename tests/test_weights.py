@@ -12,6 +12,8 @@ from safetensors.numpy import save_file
 
 import resnet
 from cases import GOLDEN_CASES, SMALL_RESNET, golden, section
+from resnet import specs
+from resnet.reference import init_weights
 from resnet.shapes import tensor_infos
 from resnet.weights import read_weights
 
@@ -77,11 +79,33 @@ def test_mismatch_lists_missing_unexpected_and_misshapen(rn, tmp_path):
 def test_wrong_dtype_is_a_mismatch(rn, tmp_path):
     model = rn.Residual(3)
     resnet.output_shape(model, (1, 3, 4, 4))
-    path = tmp_path / "f64.safetensors"
-    save_file({k: v.astype(np.float64) for k, v in rn.get_arrays(model).items()}, str(path),
+    path = tmp_path / "f16.safetensors"
+    save_file({k: v.astype(np.float16) for k, v in rn.get_arrays(model).items()}, str(path),
               metadata={"format": "resnet.neutral/1"})
-    with pytest.raises(resnet.WeightsMismatchError, match="misshapen.*float64"):
+    with pytest.raises(resnet.WeightsMismatchError, match="misshapen.*float16"):
         resnet.load_weights(model, path)
+
+
+def test_precisions_convert_both_ways(rn, tmp_path):
+    """A float64 model saves float64; each precision's file loads into the other's model, converted."""
+    arch, classes = SMALL_RESNET.args
+    weights = init_weights(specs.book_resnet(arch, classes), (1, 1, 8, 8), seed=2)
+    wide = rn.ResNet(arch, classes, dtype="float64")
+    resnet.output_shape(wide, (1, 1, 8, 8))
+    rn.set_arrays(wide, {name: value.astype(np.float64) + 1e-12 for name, value in weights.items()})
+    resnet.save_weights(wide, tmp_path / "f64.safetensors")
+    saved, _ = read_weights(tmp_path / "f64.safetensors")
+    assert all(value.dtype == np.float64 for value in saved.values())
+    assert rn.dtype_of(wide) == "float64" and all(v.dtype == np.float64 for v in rn.get_arrays(wide).values())
+
+    narrow = resnet.load_weights(rn.ResNet(arch, classes), tmp_path / "f64.safetensors")
+    assert rn.dtype_of(narrow) == "float32"
+    for name, value in rn.get_arrays(narrow).items():
+        assert value.dtype == np.float32 and np.array_equal(value, saved[name].astype(np.float32)), name
+    resnet.save_weights(narrow, tmp_path / "f32.safetensors")
+    again = resnet.load_weights(rn.ResNet(arch, classes, dtype="float64"), tmp_path / "f32.safetensors")
+    for name, value in rn.get_arrays(again).items():
+        assert value.dtype == np.float64 and np.array_equal(value, saved[name].astype(np.float32)), name
 
 
 def test_not_a_weights_file(rn, tmp_path):
