@@ -210,3 +210,9 @@ def test_compile_option_gives_the_same_step(rn):
         rn.set_arrays(model, initial_weights(model.spec, x.shape, seed=1))
         losses.append([rn.make_train_step(model, 0.1, compile=compile)(x, labels) for _ in range(2)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_dtype_is_checked(rn):
+    with pytest.raises(ValueError, match=r"dtype must be one of float32, float64 .*got 'float16'"):
+        rn.ResNet18(dtype="float16")
+    assert rn.dtype_of(rn.ResNet18()) == "float32" and rn.dtype_of(rn.ResNet18(dtype=np.float64)) == "float64"
