@@ -421,33 +421,19 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype, **kwargs)
 
 
-def _family_builder(name: str) -> Callable[..., ResNet]:
-    """The builder function of the family's model ``name``, described by ``resnet.specs.FAMILY[name]``."""
-    described = specs.FAMILY[name]
-
-    def builder(
-        num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
-    ) -> ResNet:
-        return ResNet(spec=described.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = described.docstring
-    return builder
-
-
 # The ResNet family of the chapter's exercises, in torchvision's convention (see resnet.specs.FAMILY).
-resnet18 = _family_builder("resnet18")
-resnet34 = _family_builder("resnet34")
-resnet50 = _family_builder("resnet50")
-resnet101 = _family_builder("resnet101")
-resnet152 = _family_builder("resnet152")
-preact_resnet18 = _family_builder("preact_resnet18")
-preact_resnet34 = _family_builder("preact_resnet34")
-preact_resnet50 = _family_builder("preact_resnet50")
-preact_resnet101 = _family_builder("preact_resnet101")
-preact_resnet152 = _family_builder("preact_resnet152")
-resnext50_32x4d = _family_builder("resnext50_32x4d")
-resnext101_32x8d = _family_builder("resnext101_32x8d")
+resnet18 = specs.FAMILY["resnet18"].builder(ResNet)
+resnet34 = specs.FAMILY["resnet34"].builder(ResNet)
+resnet50 = specs.FAMILY["resnet50"].builder(ResNet)
+resnet101 = specs.FAMILY["resnet101"].builder(ResNet)
+resnet152 = specs.FAMILY["resnet152"].builder(ResNet)
+preact_resnet18 = specs.FAMILY["preact_resnet18"].builder(ResNet)
+preact_resnet34 = specs.FAMILY["preact_resnet34"].builder(ResNet)
+preact_resnet50 = specs.FAMILY["preact_resnet50"].builder(ResNet)
+preact_resnet101 = specs.FAMILY["preact_resnet101"].builder(ResNet)
+preact_resnet152 = specs.FAMILY["preact_resnet152"].builder(ResNet)
+resnext50_32x4d = specs.FAMILY["resnext50_32x4d"].builder(ResNet)
+resnext101_32x8d = specs.FAMILY["resnext101_32x8d"].builder(ResNet)
 
 
 # ------------------------------------------------------------------------------- common-API hooks

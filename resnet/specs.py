@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 import textwrap
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -675,6 +675,19 @@ class FamilyModel:
             _flag(stride_in_1x1, "stride_in_1x1"),
         )
 
+    def builder(self, model_class: Callable[..., Any]) -> Callable[..., Any]:
+        """This model's builder function (``resnet50()``...) for a backend whose ``ResNet`` is ``model_class``:
+        the same name, signature and docstring in every backend."""
+
+        def build(
+            num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+        ) -> Any:
+            return model_class(spec=self.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
+
+        build.__name__ = build.__qualname__ = self.name
+        build.__doc__ = self.docstring
+        return build
+
     @property
     def docstring(self) -> str:
         """The builder functions' docstring, the same in every backend."""
@@ -705,6 +718,7 @@ class FamilyModel:
             "in_channels: channels of the input images (3 by default).",
             "stride_in_1x1: the paper's stride placement" + (
                 " (on the first 1x1 convolution)." if bottleneck else "; no effect on basic blocks."),
+            "dtype: \"float32\" (the default) or \"float64\", the precision of the weights and the computation.",
         ]
         wrap = lambda text, indent: textwrap.fill(text, 104, initial_indent=indent, subsequent_indent=indent)  # noqa
         return "\n\n".join(
