@@ -679,10 +679,22 @@ def _training(module: nn.Module, variables: Variables, x: jax.Array) -> tuple[ja
     return y, updates["batch_stats"]
 
 
+def _in_bfloat16(params: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+    """bfloat16 copies of the weights and the batch, for mixed precision: the gradient flows back through the
+    cast to the float32 weights, and BatchNorm keeps its statistics (``batch_stats``) in float32."""
+    return jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.bfloat16), params), x.astype(jnp.bfloat16)
+
+
 # Jitted once per architecture, for calls that repeat (a Module without weights hashes by its fields).
 # One-off calls (output_shape, forward, vjp) run eagerly: compiling ResNet-18 takes seconds, running it once
 # eagerly a fraction of one.
-_inference = jax.jit(lambda module, variables, x: module.apply(variables, x), static_argnums=0)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _inference(module: nn.Module, variables: Variables, x: jax.Array, mixed_precision: bool) -> jax.Array:
+    """Inference-mode outputs, computed in bfloat16 when ``mixed_precision`` (returned as float32)."""
+    if not mixed_precision:
+        return module.apply(variables, x)
+    params, batch = _in_bfloat16(variables["params"], x)
+    return module.apply({**variables, "params": params}, batch).astype(jnp.float32)
 
 
 # ------------------------------------------------------------------------------- common-API hooks
@@ -702,6 +714,19 @@ def dtype_of(model: nn.Module) -> str:
     """The precision of the model's weights, ``"float32"`` or ``"float64"`` (the model's ``dtype`` field;
     blocks are float32)."""
     return getattr(model, "dtype", "float32")
+
+
+def device_of(model: nn.Module) -> str:
+    """Where the model's weights are: ``"cpu:0"`` or ``"gpu:0"``... (JAX's default device, unless moved)."""
+    leaf = jax.tree_util.tree_leaves(variables(model)["params"])[0] if is_built(model) else jnp.zeros(())
+    device = next(iter(leaf.devices()))
+    return f"{device.platform}:{device.id}"
+
+
+def to_accelerator(model: nn.Module) -> str:
+    """JAX puts arrays on its default device, a GPU when jaxlib's CUDA plugin is installed (``jax[cuda12]``),
+    so nothing moves; returns ``device_of(model)``."""
+    return device_of(model)
 
 
 def to_native(x: np.ndarray, dtype: str = "float32") -> jax.Array:
@@ -849,14 +874,24 @@ def vjp(model: nn.Module, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.nd
     return to_numpy(y), _canonical(model, {"params": grads})
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-def _sgd_step(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array, labels: jax.Array, lr: jax.Array):
+@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(1, 2))
+def _sgd_step(
+    module: nn.Module,
+    params: Any,
+    batch_stats: Any,
+    x: jax.Array,
+    labels: jax.Array,
+    lr: jax.Array,
+    mixed_precision: bool = False,
+):
     """One plain SGD step as a single XLA computation, compiled once per architecture and batch shape (the
     learning rate is an argument, so every run of a model shares it); the old weights' buffers are donated."""
     optimizer = optax.sgd(lr)  # no momentum: its state is empty
 
     def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-        logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"])
+        weights, batch = _in_bfloat16(params, x) if mixed_precision else (params, x)
+        logits, updates = module.apply({"params": weights, "batch_stats": batch_stats}, batch, mutable=["batch_stats"])
+        logits = logits.astype(lr.dtype)  # the loss in the weights' precision
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -865,35 +900,47 @@ def _sgd_step(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array, la
 
 
 def make_train_step(
-    model: nn.Module, lr: float, compile: bool = False
-) -> Callable[[np.ndarray, np.ndarray], float]:
+    model: nn.Module, lr: float, compile: bool = False, mixed_precision: bool = False
+) -> Callable[..., float | Callable[[], float]]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss. With
+    ``wait=False`` it returns at once a function that waits for the step and gives its loss, so that a loop
+    can prepare the next batch while the framework computes (what ``resnet.training.fit`` does).
 
     ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    ``mixed_precision=True`` computes in bfloat16, keeping float32 weights and BatchNorm statistics (for a
+    GPU). The step runs on JAX's default device; Flax is channels-last already.
     """
-    dtype = dtype_of(model)
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
     module, rate = model.clone(training=True), jnp.asarray(lr, dtype)
 
-    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+    def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
         build(model, x.shape)
         state = variables(model)
         params, batch_stats, loss = _sgd_step(
-            module, state["params"], state["batch_stats"], to_native(x, dtype), jnp.asarray(labels, jnp.int32), rate
+            module,
+            state["params"],
+            state["batch_stats"],
+            to_native(x, dtype),
+            jnp.asarray(labels, jnp.int32),
+            rate,
+            mixed_precision,
         )
         set_variables(model, {"params": params, "batch_stats": batch_stats})
-        return float(loss)
+        return float(loss) if wait else lambda: float(loss)
 
     return train_step
 
 
-def make_predict(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+def make_predict(model: nn.Module, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy, in the model's precision) for an NCHW
+    NumPy batch; ``mixed_precision=True`` computes in bfloat16 as the train step does."""
 
-    module, dtype = model.clone(training=False), dtype_of(model)
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
+    module = model.clone(training=False)
 
     def predict(x: np.ndarray) -> np.ndarray:
         build(model, x.shape)
-        return to_numpy(_inference(module, variables(model), to_native(x, dtype)))
+        return to_numpy(_inference(module, variables(model), to_native(x, dtype), mixed_precision))
 
     return predict

@@ -454,6 +454,19 @@ def dtype_of(model: nn.HybridBlock) -> str:
     return np.dtype(next(iter(model.collect_params().values())).dtype).name
 
 
+def device_of(model: nn.HybridBlock) -> str:
+    """Where the model's weights are: ``"cpu:0"`` (Gluon's context, ``mx.cpu(0)``)."""
+    parameter = next(iter(model.collect_params().values()))
+    context = parameter.list_ctx()[0] if parameter._ctx_list else mx.context.current_context()
+    return f"{context.device_type}:{context.device_id}"
+
+
+def to_accelerator(model: nn.HybridBlock) -> str:
+    """Gluon runs where its context says; this project installs MXNet's CPU build (``mxnet``, not
+    ``mxnet-cuXXX``) and makes its inputs on ``mx.cpu()``, so nothing moves. Returns ``device_of(model)``."""
+    return device_of(model)
+
+
 def to_native(x: np.ndarray, dtype: str = "float32") -> mx.nd.NDArray:
     """An NCHW NumPy array as a native tensor of ``dtype`` (NCHW: no transposition)."""
     return mx.nd.array(np.ascontiguousarray(x, dtype=dtype), dtype=dtype)
@@ -624,33 +637,39 @@ def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[
 
 
 def make_train_step(
-    model: nn.HybridBlock, lr: float, compile: bool = False
-) -> Callable[[np.ndarray, np.ndarray], float]:
+    model: nn.HybridBlock, lr: float, compile: bool = False, mixed_precision: bool = False
+) -> Callable[..., float | Callable[[], float]]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss. With
+    ``wait=False`` it returns at once a function that waits for the step and gives its loss, so that a loop
+    can prepare the next batch while the framework computes (what ``resnet.training.fit`` does).
 
-    ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    ``compile`` and ``mixed_precision`` are accepted so that every backend takes the same call; this backend's
+    step is always compiled, and mixed precision is for the GPU backends (``resnet.specs.MIXED_PRECISION_BACKENDS``).
     """
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
     model.hybridize()  # the framework's fast path: one cached graph per input shape
     _initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
     trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
-    loss_fn, dtype = gluon.loss.SoftmaxCrossEntropyLoss(), dtype_of(model)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
-    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+    def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
         with autograd.record(train_mode=True):
             loss = loss_fn(model(to_native(x, dtype)), to_native(labels, dtype))  # one loss per example
         loss.backward()  # gradient of the sum ...
         trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
-        return float(loss.mean().asscalar())
+        loss = loss.mean()
+        return float(loss.asscalar()) if wait else lambda: float(loss.asscalar())
 
     return train_step
 
 
-def make_predict(model: nn.HybridBlock) -> Callable[[np.ndarray], np.ndarray]:
-    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+def make_predict(model: nn.HybridBlock, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy, in the model's precision) for an NCHW
+    NumPy batch; ``mixed_precision`` as in ``make_train_step``."""
     model.hybridize()  # the framework's fast path, as in make_train_step
 
-    dtype = dtype_of(model)
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
 
     def predict(x: np.ndarray) -> np.ndarray:
         return to_numpy(apply(model, to_native(x, dtype), training=False))

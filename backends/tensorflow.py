@@ -507,6 +507,20 @@ def dtype_of(model: keras.layers.Layer) -> str:
     return model.dtype_policy.variable_dtype
 
 
+def device_of(model: keras.layers.Layer) -> str:
+    """Where the model's weights are: ``"cpu:0"``, or ``"gpu:0"`` with a GPU build of TensorFlow."""
+    if not model.weights:
+        return "gpu:0" if tf.config.list_logical_devices("GPU") else "cpu:0"
+    device = tf.DeviceSpec.from_string(model.weights[0].value.device)
+    return f"{device.device_type.lower()}:{device.device_index or 0}"
+
+
+def to_accelerator(model: keras.layers.Layer) -> str:
+    """TensorFlow places weights and operations on a GPU by itself when its build has one; this project
+    installs tensorflow-cpu, so nothing moves. Returns ``device_of(model)``."""
+    return device_of(model)
+
+
 def to_native(x: np.ndarray, dtype: str = "float32") -> tf.Tensor:
     """An NCHW NumPy array as a native tensor of ``dtype`` (NHWC: transposed; 2-D arrays unchanged)."""
     x = np.asarray(x, dtype=dtype)
@@ -647,14 +661,18 @@ def vjp(model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray) -> tu
 
 
 def make_train_step(
-    model: keras.layers.Layer, lr: float, compile: bool = False
-) -> Callable[[np.ndarray, np.ndarray], float]:
+    model: keras.layers.Layer, lr: float, compile: bool = False, mixed_precision: bool = False
+) -> Callable[..., float | Callable[[], float]]:
     """A function taking one plain SGD step (the book's optimizer) on the mean softmax cross-entropy of an
-    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss.
+    NCHW batch and its integer labels, with BatchNorm in training mode; it returns the loss. With
+    ``wait=False`` it returns at once a function that waits for the step and gives its loss, so that a loop
+    can prepare the next batch while the framework computes (what ``resnet.training.fit`` does).
 
-    ``compile`` is accepted so that every backend takes the same call; this backend's step is always compiled.
+    ``compile`` and ``mixed_precision`` are accepted so that every backend takes the same call; this backend's
+    step is always compiled, and mixed precision is for the GPU backends (``resnet.specs.MIXED_PRECISION_BACKENDS``).
     """
-    optimizer, dtype = keras.optimizers.SGD(learning_rate=lr), dtype_of(model)
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
 
     # Compiled once per input shape; reduce_retracing makes a second shape (a last, smaller batch) trace a
     # shape-generic version instead of one graph per size.
@@ -667,24 +685,26 @@ def make_train_step(
         optimizer.apply(grads, model.trainable_weights)
         return loss
 
-    def train_step(x: np.ndarray, labels: np.ndarray) -> float:
+    def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
         if not optimizer.built:  # create the weights and the optimizer's state outside the compiled function
             build(model, x.shape)
             optimizer.build(model.trainable_weights)
-        return float(compiled_step(to_native(x, dtype), tf.constant(np.asarray(labels, dtype=np.int64))))
+        loss = compiled_step(to_native(x, dtype), tf.constant(np.asarray(labels, dtype=np.int64)))
+        return float(loss) if wait else lambda: float(loss)
 
     return train_step
 
 
-def make_predict(model: keras.layers.Layer) -> Callable[[np.ndarray], np.ndarray]:
-    """A function returning the model's inference-mode outputs (NumPy) for an NCHW NumPy batch."""
+def make_predict(model: keras.layers.Layer, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A function returning the model's inference-mode outputs (NumPy, in the model's precision) for an NCHW
+    NumPy batch; ``mixed_precision`` as in ``make_train_step``."""
 
     # Compiled like the training step (TensorFlow's fast path), one shape-generic trace for a smaller last batch.
     @tf.function(reduce_retracing=True)
     def compiled_predict(x: tf.Tensor) -> tf.Tensor:
         return model(x, training=False)
 
-    dtype = dtype_of(model)
+    dtype = specs.check_mixed_precision(dtype_of(model), mixed_precision, NAME)
 
     def predict(x: np.ndarray) -> np.ndarray:
         build(model, x.shape)  # create the weights outside the compiled function

@@ -18,7 +18,7 @@ from typing import Sequence
 from resnet import selection
 from resnet.data import DATASETS
 from resnet.models import MODELS, build_model, model_entry
-from resnet.specs import DTYPES
+from resnet.specs import DTYPES, check_mixed_precision
 
 __all__ = ["main"]
 
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=DTYPES,
                        help="precision of the weights and computation (default float32; float64 follows the NumPy "
                             "reference step for step, several times slower)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="torch and jax: compute in bfloat16 with float32 weights (for a GPU)")
+    train.add_argument("--cpu", action="store_true", help="train on the CPU even when the framework sees a GPU")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--compile", action="store_true",
                        help="torch only: run the train step under torch.compile (the other backends always compile it)")
@@ -110,11 +113,13 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--resume: there is no run to resume in {out} (no last.safetensors); drop --resume")
     _check_writable(out)
     backend = selection.backend_module()
+    check_mixed_precision(args.dtype, args.mixed_precision, backend.NAME)  # before the data set is loaded
     dataset = load_dataset(args.dataset, args.data_dir)
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype)
     print(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
-                  model_name=args.model, compile=args.compile)
+                  model_name=args.model, compile=args.compile, mixed_precision=args.mixed_precision,
+                  accelerator=not args.cpu)
     print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")
     final = history.rows[-1] if history.rows else None
     if final is None:

@@ -42,6 +42,7 @@ __all__ = [
     "FAMILY",
     "FamilyModel",
     "HeadSpec",
+    "MIXED_PRECISION_BACKENDS",
     "ModelSpec",
     "PoolSpec",
     "RESNET18_ARCH",
@@ -55,6 +56,7 @@ __all__ = [
     "check_block_input",
     "check_model_input",
     "check_dtype",
+    "check_mixed_precision",
     "family_spec",
     "model_spec",
     "residual",
@@ -549,6 +551,29 @@ def check_dtype(dtype: object) -> str:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the NumPy dtype); got {dtype!r}. "
                          "Use float32 for speed, float64 to follow the NumPy reference exactly.")
     return name
+
+
+#: The backends whose train steps can compute in bfloat16 with float32 weights (``mixed_precision=True``).
+#: This project installs TensorFlow and MXNet as CPU builds (tensorflow-cpu, mxnet), where bfloat16 gains nothing.
+MIXED_PRECISION_BACKENDS = ("torch", "jax")
+
+
+def check_mixed_precision(dtype: str, mixed_precision: bool, backend: str) -> str:
+    """The model precision ``dtype``, after checking that ``mixed_precision`` (bfloat16 computation, float32
+    weights) is a bool that this backend and this model support."""
+    if not isinstance(mixed_precision, bool):
+        raise TypeError(f"mixed_precision must be True or False, got {mixed_precision!r}")
+    if mixed_precision and backend not in MIXED_PRECISION_BACKENDS:
+        raise ValueError(
+            f"mixed precision (bfloat16) is available in the {' and '.join(MIXED_PRECISION_BACKENDS)} backends, "
+            f"not in {backend}, whose build here is CPU-only; train without it, or select one of those backends"
+        )
+    if mixed_precision and dtype != "float32":
+        raise ValueError(
+            f"mixed precision computes in bfloat16 with float32 weights, but this model is {dtype}; build it with "
+            "dtype='float32', or train without mixed precision"
+        )
+    return dtype
 
 
 def book_stage(num_residuals: int, num_channels: int, first_block: bool = False) -> tuple[ResidualSpec, ...]:

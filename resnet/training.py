@@ -2,7 +2,10 @@
 
 The loop, the metrics, the checkpoints and the plot are framework-free; the backend supplies
 ``make_train_step`` (jit in JAX, tf.function in TensorFlow, a hybridized block in MXNet, eager or
-torch.compile in PyTorch) and ``make_predict``. A run directory holds:
+torch.compile in PyTorch) and ``make_predict``. The loop never makes the framework wait: the next batch is
+resized in a background thread while a step runs, and each step's loss is read only after the next step
+has been queued. The model trains on the GPU when its framework sees one (``backend.to_accelerator``). A run
+directory holds:
 
 * ``metrics.csv``: one row per epoch (epoch, train_loss, val_loss, val_acc, images_per_s, dataset);
 * ``curves.png``: training loss, validation loss and validation accuracy per epoch, as the book plots them;
@@ -26,7 +29,7 @@ import numpy as np
 
 from resnet.api import backend_of
 from resnet.atomic import atomic_path
-from resnet.data import Batches, Dataset
+from resnet.data import Batches, Dataset, prefetch
 from resnet.init import initial_weights
 from resnet.reference import softmax_cross_entropy
 from resnet.weights import check_arrays, load_weights, read_weights, write_weights
@@ -78,8 +81,12 @@ class History:
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], batches: Batches) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of a predict function over all batches, computed in float64 NumPy."""
     total_loss, correct = 0.0, 0
-    for x, labels in batches.epoch(0):
-        logits = np.asarray(predict(x), dtype=np.float64)
+    for x, labels in prefetch(batches.epoch(0)):
+        if len(labels) < batches.batch_size:
+            # Pad the last batch to the full size: compiled predict functions (XLA, tf.function, cuDNN's tuned
+            # kernels) then see one shape, not two. Inference is per image, so the padding changes nothing.
+            x = np.concatenate([x, np.zeros((batches.batch_size - len(labels), *x.shape[1:]), x.dtype)])
+        logits = np.asarray(predict(x), dtype=np.float64)[: len(labels)]
         total_loss += softmax_cross_entropy(logits, labels)[0] * len(labels)
         correct += int((logits.argmax(axis=1) == labels).sum())
     return total_loss / batches.num_examples, correct / batches.num_examples
@@ -123,12 +130,15 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         figure.savefig(temporary, format="png", dpi=100)
 
 
-def _settings(config: TrainConfig, dataset: Dataset, model_name: str, backend: str, dtype: str) -> dict[str, str]:
+def _settings(
+    config: TrainConfig, dataset: Dataset, model_name: str, backend: str, dtype: str, mixed_precision: bool
+) -> dict[str, str]:
     return {
         **{k: str(v) for k, v in asdict(config).items() if k != "epochs"},
         "dataset": dataset.name,
         "model": model_name,
         "dtype": dtype,
+        "mixed_precision": str(mixed_precision),
         "backend": backend,
     }
 
@@ -161,6 +171,8 @@ def fit(
     model_name: str = "",
     log: Callable[[str], None] = print,
     compile: bool = False,
+    mixed_precision: bool = False,
+    accelerator: bool = True,
 ) -> History:
     """Train ``model`` on ``dataset`` with plain SGD, evaluating after every epoch; returns the history.
 
@@ -175,14 +187,20 @@ def fit(
         progress: show a tqdm progress bar with images per second.
         compile: PyTorch only, run the train step under ``torch.compile`` (the other backends always compile
             theirs: jit in JAX, tf.function in TensorFlow, a hybridized graph in MXNet).
+        mixed_precision: compute in bfloat16 with float32 weights (PyTorch and JAX; worth it on a GPU).
+        accelerator: train on the GPU when the framework sees one (``backend.to_accelerator``); False keeps the
+            model where it is.
     """
     backend = backend_of(model)
     spec = backend.spec_of(model)
+    device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     channels = dataset.train_images.shape[1]
     size = config.resize or dataset.train_images.shape[2]
     backend.build(model, (1, channels, size, size))
     out = Path(out_dir) if out_dir is not None else None
-    settings = _settings(config, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model))
+    settings = _settings(
+        config, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model), mixed_precision
+    )
     history = History(dataset=dataset.name, note=dataset.note)
     start = 1
     if resume:
@@ -200,14 +218,16 @@ def fit(
         backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
     if out is not None:
         with atomic_path(out / RUN_INFO) as temporary:
-            temporary.write_text(json.dumps({**settings, "epochs": config.epochs, "note": dataset.note}, indent=2))
+            info = {**settings, "epochs": config.epochs, "device": device, "note": dataset.note}
+            temporary.write_text(json.dumps(info, indent=2))
     if dataset.note:
         log(dataset.note)
+    log(f"training on {device}" + (" in mixed precision (bfloat16)" if mixed_precision else ""))
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
-    train_step = backend.make_train_step(model, config.lr, compile=compile)
-    predict = backend.make_predict(model)
+    train_step = backend.make_train_step(model, config.lr, compile=compile, mixed_precision=mixed_precision)
+    predict = backend.make_predict(model, mixed_precision=mixed_precision)
     for epoch in range(start, config.epochs + 1):
         losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress)
         history.step_losses += losses
@@ -244,10 +264,23 @@ def _train_epoch(
     losses, weighted, started = [], 0.0, time.perf_counter()
     with tqdm(total=batches.num_examples, unit="img", desc=f"epoch {epoch}/{epochs}", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
-        for x, labels in batches.epoch(epoch):
-            loss = float(train_step(x, labels))
+
+        def record(loss_of: Callable[[], float], size: int) -> None:
+            nonlocal weighted
+            loss = float(loss_of())  # waits for that step
             losses.append(loss)
-            weighted += loss * len(labels)
-            bar.update(len(labels))
+            weighted += loss * size
+            bar.update(size)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+        # Each step's loss is read after the next step is queued, so that the framework (a GPU above all)
+        # never waits for Python between steps; the batches are made ahead in another thread.
+        in_flight: tuple[Callable[[], float], int] | None = None
+        for x, labels in prefetch(batches.epoch(epoch)):
+            queued = train_step(x, labels, wait=False), len(labels)
+            if in_flight is not None:
+                record(*in_flight)
+            in_flight = queued
+        if in_flight is not None:
+            record(*in_flight)
     return losses, weighted / batches.num_examples, time.perf_counter() - started

@@ -1,0 +1,119 @@
+"""The fast paths every backend shares: asynchronous train steps, the prefetching pipeline, the padded last
+evaluation batch, where models run, and bfloat16 mixed precision (PyTorch and JAX; a clear error elsewhere).
+Speed itself is for ``resnet bench``; these tests check that the fast paths compute the same things."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from resnet import specs
+from resnet.data import Batches, prefetch, random_like_fashion_mnist
+from resnet.init import initial_weights
+from resnet.training import evaluate
+
+
+def _small_model(rn, x_shape, seed=1, **kwargs):
+    model = rn.ResNet(((1, 64), (1, 32)), num_classes=10, **kwargs)
+    rn.build(model, x_shape)
+    rn.set_arrays(model, initial_weights(model.spec, x_shape, seed=seed))
+    return model
+
+
+def _batch(n=8, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, size, size), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def test_step_that_does_not_wait_takes_the_same_steps(rn):
+    x, labels = _batch()
+    waiting = rn.make_train_step(_small_model(rn, x.shape), 0.1)
+    queued = rn.make_train_step(_small_model(rn, x.shape), 0.1)
+    expected = [waiting(x, labels) for _ in range(3)]
+    futures = [queued(x, labels, wait=False) for _ in range(3)]  # three steps queued before any is read
+    assert all(callable(future) for future in futures)
+    np.testing.assert_allclose([future() for future in futures], expected, rtol=1e-6)
+
+
+def test_device_is_reported(rn):
+    model = _small_model(rn, (2, 1, 16, 16))
+    assert rn.device_of(model) == "cpu:0"  # CI has no GPU; the GPU figures come from resnet bench --gpu
+    assert rn.to_accelerator(model) == rn.device_of(model)
+
+
+def test_mixed_precision_steps_in_bfloat16_with_float32_weights(rn, backend_name):
+    x, labels = _batch()
+    if backend_name not in specs.MIXED_PRECISION_BACKENDS:
+        with pytest.raises(ValueError, match=f"available in the torch and jax backends, not in {backend_name}"):
+            rn.make_train_step(_small_model(rn, x.shape), 0.1, mixed_precision=True)
+        with pytest.raises(ValueError, match="CPU-only"):
+            rn.make_predict(_small_model(rn, x.shape), mixed_precision=True)
+        return
+    full, mixed = _small_model(rn, x.shape), _small_model(rn, x.shape)
+    full_loss = rn.make_train_step(full, 0.1)(x, labels)
+    mixed_loss = rn.make_train_step(mixed, 0.1, mixed_precision=True)(x, labels)
+    assert mixed_loss == pytest.approx(full_loss, rel=2e-2)  # bfloat16 keeps 8 bits of mantissa
+    assert mixed_loss != full_loss  # it really computed in bfloat16
+    after_full, after_mixed = rn.get_arrays(full), rn.get_arrays(mixed)
+    for name, value in after_mixed.items():
+        assert value.dtype == np.float32, name  # weights and BatchNorm statistics stay float32
+        np.testing.assert_allclose(value, after_full[name], atol=2e-2, err_msg=name)
+    logits = rn.make_predict(mixed, mixed_precision=True)(x)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, rn.make_predict(mixed)(x), atol=0.1)
+
+
+def test_mixed_precision_is_checked(rn, backend_name):
+    model = _small_model(rn, (2, 1, 16, 16), dtype="float64")
+    expected = ("bfloat16 with float32 weights, but this model is float64" if backend_name in
+                specs.MIXED_PRECISION_BACKENDS else f"not in {backend_name}, whose build here is CPU-only")
+    with pytest.raises(ValueError, match=expected):
+        rn.make_train_step(model, 0.1, mixed_precision=True)
+    with pytest.raises(TypeError, match="mixed_precision must be True or False, got 'bf16'"):
+        rn.make_train_step(model, 0.1, mixed_precision="bf16")
+
+
+def test_evaluation_pads_the_last_batch_without_changing_the_result(rn):
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (21, 1, 16, 16), dtype=np.uint8), rng.integers(0, 10, 21)
+    model = _small_model(rn, (8, 1, 16, 16))
+    predict, shapes = rn.make_predict(model), []
+
+    def recording(x):
+        shapes.append(x.shape[0])
+        return predict(x)
+
+    loss, accuracy = evaluate(recording, Batches(images, labels, 8))
+    assert shapes == [8, 8, 8]  # 21 images: the last batch of 5 is padded to 8
+    whole = predict(images.astype(np.float32) / 255.0).astype(np.float64)
+    shifted = whole - whole.max(axis=1, keepdims=True)
+    expected = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(21), labels])
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert accuracy == pytest.approx(np.mean(whole.argmax(axis=1) == labels))
+
+
+def test_prefetch_keeps_order_raises_errors_and_stops_its_thread():
+    batches = Batches(np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2), np.arange(10), 3, shuffle=True)
+    for got, expected in zip(prefetch(batches.epoch(2)), batches.epoch(2), strict=True):
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(failing()))
+    started = threading.active_count()
+    early = prefetch(iter(range(1000)), depth=2)
+    next(early)
+    early.close()  # a loop that stops early must not leave the worker blocked
+    assert threading.active_count() <= started
+
+
+def test_random_stand_in_has_fashion_mnist_sizes():
+    data = random_like_fashion_mnist(60)
+    assert data.train_images.shape == (60, 1, 28, 28) and data.val_images.shape == (10, 1, 28, 28)
+    assert data.train_images.dtype == np.uint8 and data.num_classes == 10 and "accuracy means nothing" in data.note
