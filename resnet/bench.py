@@ -34,6 +34,16 @@ What is measured (``--list`` prints it), for the selected backend:
 * ``matmul_peak``: the framework's float32 matrix product (2048x2048, on its fast path), the best GFLOP/s
   of the repeats. The model rows report their achieved GFLOP/s (2 FLOPs per multiply-add; forward only for
   inference, 3x forward for training and for forward+backward) and that as a fraction of this peak.
+* ``recipe``: seconds for the chapter's whole recipe through ``resnet.training.fit`` (ResNet-18, 10 epochs,
+  batch 128, 96x96, evaluation every epoch, compilation included), on Fashion-MNIST when it is cached, else
+  on random images of its size. One run, no reference; measured with ``--gpu`` (hours on a small CPU) or
+  when named in ``--only``.
+
+``--gpu`` (PyTorch and JAX, whose CUDA builds this project supports; its TensorFlow and MXNet are CPU builds)
+runs the model rows with both sides on the GPU: the stock models moved there the plain way (``.to("cuda")``;
+JAX's default device), ours through ``backend.to_accelerator``. ``--mixed-precision`` makes both sides
+compute in bfloat16 with float32 weights (``torch.autocast`` for the stock torch model, bfloat16 copies of
+the weights in the stock JAX step), and ``--compile`` puts the recipe's PyTorch step under ``torch.compile``.
 
 Timing: both sides are warmed up (compilation and tracing happen there), then each side's steps per repeat
 are chosen so a repeat takes about ``--target-seconds`` (or fixed by ``--steps``), and the sides alternate
@@ -82,6 +92,7 @@ MEASUREMENTS: dict[str, str] = {
     "import_resnet": "import resnet (no framework), fresh process",
     "import_backend": "import resnet.backends.<name> vs the framework alone, fresh process",
     "matmul_peak": "float32 matrix product on the framework's fast path (best of the repeats)",
+    "recipe": "the chapter's recipe: resnet.training.fit, ResNet-18, 10 epochs of Fashion-MNIST's size, seconds",
 }
 _STOCK_MODELS = ("the chapter's model with the framework's stock layers: torch nn.LazyConv2d/LazyBatchNorm2d/"
                  "LazyLinear; Keras Conv2D/BatchNormalization/Dense with the book's padding='same'; Flax nn.Conv/"
@@ -99,6 +110,7 @@ REFERENCES: dict[str, str | None] = {
     "import_resnet": None,
     "import_backend": "the framework alone (import torch; tensorflow, keras; jax, flax.linen, optax; mxnet)",
     "matmul_peak": None,
+    "recipe": None,
 }
 #: torch only; measured under ``--quick`` only when named in ``--only`` (compiling takes minutes).
 COMPILED = ("resnet18_train_compiled", "resnet18_infer_compiled")
@@ -123,12 +135,18 @@ class Settings:
     warmup: int = 2
     import_repeats: int = 3
     quick: bool = False
+    gpu: bool = False  # the model rows on the framework's GPU (torch, jax)
+    mixed_precision: bool = False  # both sides compute in bfloat16 with float32 weights (torch, jax)
+    recipe_epochs: int = 10
+    compile: bool = False  # torch: the recipe's train step under torch.compile
+    recipe_examples: int | None = None  # None: Fashion-MNIST's 60,000 + 10,000
 
     @classmethod
     def quick_settings(cls) -> "Settings":
         """Tiny sizes for CI and the tests: batch 8, 32x32, 2 repeats; the numbers mean nothing."""
         return cls(batch_size=8, image_size=32, block_batch=2, block_size=16, data_batches=2, matmul_n=256,
-                   repeats=2, target_seconds=0.05, warmup=1, import_repeats=1, quick=True)
+                   repeats=2, target_seconds=0.05, warmup=1, import_repeats=1, quick=True, recipe_epochs=1,
+                   recipe_examples=64)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -235,6 +253,13 @@ def _to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (0, 2, 3, 1))
 
 
+def _cpu_only(name: str, settings: Settings) -> None:
+    """ValueError for --gpu or --mixed-precision in a backend whose build here is CPU-only."""
+    if settings.gpu or settings.mixed_precision:
+        raise ValueError(f"--gpu and --mixed-precision are for the {' and '.join(specs.MIXED_PRECISION_BACKENDS)} "
+                         f"backends; this project installs {name} as a CPU-only build. Run without them.")
+
+
 class TorchKit:
     """PyTorch: the book's ``nn.Lazy*`` layers, eager, ``torch.optim.SGD``."""
 
@@ -242,16 +267,27 @@ class TorchKit:
     fast_path = "eager"
     has_compile = True
 
-    def __init__(self, rn: ModuleType) -> None:
+    def __init__(self, rn: ModuleType, settings: Settings) -> None:
         import torch
         from torch import nn
         from torch.nn import functional as F
 
         self.rn, self.torch, self.nn, self.F = rn, torch, nn, F
+        if settings.gpu and not torch.cuda.is_available():
+            raise ValueError("--gpu: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                             "run without --gpu, or install a CUDA build of torch on a machine with a GPU")
+        self.device = torch.device("cuda" if settings.gpu else "cpu")
+        self.mixed_precision = settings.mixed_precision
 
     def info(self) -> dict[str, Any]:
-        return {"versions": {"torch": self.torch.__version__}, "threads": self.torch.get_num_threads(),
-                "device": "cpu"}
+        torch = self.torch
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads(),
+                "device": str(self.device), "gpu": gpu}
+
+    def _autocast(self) -> Any:
+        """bfloat16 autocast with --mixed-precision (PyTorch's AMP recipe), else nothing."""
+        return self.torch.autocast(self.device.type, self.torch.bfloat16, enabled=self.mixed_precision)
 
     # The chapter's code (section 8.6, PyTorch tab), with `groups` as the number of groups.
     def _residual(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> Any:
@@ -285,7 +321,7 @@ class TorchKit:
         layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)]
         net = nn.Sequential(*layers)
         net(self.torch.zeros(input_shape))  # materialize the lazy layers, as the book's apply_init does
-        return net
+        return net.to(self.device)
 
     def stock_resnext(self, input_shape: tuple[int, ...], num_channels: int, groups: int, bot_mul: float) -> Any:
         nn, F = self.nn, self.F
@@ -307,16 +343,17 @@ class TorchKit:
 
         block = ResNeXtBlock()
         block(self.torch.zeros(input_shape))
-        return block
+        return block.to(self.device)
 
     def stock_train_step(self, model: Any, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
         torch, F = self.torch, self.F
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        optimizer, device = torch.optim.SGD(model.parameters(), lr=lr), self.device
 
         def train_step(x: np.ndarray, labels: np.ndarray) -> float:
             model.train()
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels))
+            with self._autocast():
+                loss = F.cross_entropy(model(torch.from_numpy(x).to(device)), torch.from_numpy(labels).to(device))
             loss.backward()
             optimizer.step()
             return loss.item()
@@ -328,28 +365,42 @@ class TorchKit:
 
         def predict(x: np.ndarray) -> np.ndarray:
             model.eval()
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
+            with torch.no_grad(), self._autocast():
+                return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
         return predict
 
     def ours_block(self, model: Any) -> Any:
-        return model
+        return model.to(self.device)
 
     def block_step(self, model: Any, x: np.ndarray, output_grad: np.ndarray) -> Callable[[], None]:
-        xt, gt = self.torch.from_numpy(x), self.torch.from_numpy(output_grad)
+        torch = self.torch
+        xt, gt = torch.from_numpy(x).to(self.device), torch.from_numpy(output_grad).to(self.device)
         model.train()
 
         def step() -> None:
             model.zero_grad(set_to_none=True)
-            model(xt).backward(gt)
+            with self._autocast():
+                y = model(xt)
+            y.backward(gt.to(y.dtype))
+            self._wait()
 
         return step
 
     def matmul(self, n: int) -> Callable[[], None]:
         generator = self.torch.Generator().manual_seed(0)
-        a, b = (self.torch.randn(n, n, generator=generator) for _ in range(2))
-        return lambda: self.torch.mm(a, b)
+        a, b = (self.torch.randn(n, n, generator=generator).to(self.device) for _ in range(2))
+
+        def product() -> None:
+            self.torch.mm(a, b)
+            self._wait()
+
+        return product
+
+    def _wait(self) -> None:
+        """Wait for the GPU's queued work (CUDA runs asynchronously); nothing on the CPU."""
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
 
     def compile(self, model: Any) -> Any:
         return self.torch.compile(model)
@@ -362,7 +413,8 @@ class TensorFlowKit:
     fast_path = "tf.function"
     has_compile = False
 
-    def __init__(self, rn: ModuleType) -> None:
+    def __init__(self, rn: ModuleType, settings: Settings) -> None:
+        _cpu_only(rn.NAME, settings)
         import tensorflow as tf
 
         import keras  # isort: skip
@@ -507,7 +559,7 @@ class JaxKit:
     fast_path = "jax.jit"
     has_compile = False
 
-    def __init__(self, rn: ModuleType) -> None:
+    def __init__(self, rn: ModuleType, settings: Settings) -> None:
         import flax
         import flax.linen as nn
         import jax
@@ -515,6 +567,19 @@ class JaxKit:
         import optax
 
         self.rn, self.flax, self.nn, self.jax, self.jnp, self.optax = rn, flax, nn, jax, jnp, optax
+        if settings.gpu != (jax.default_backend() == "gpu"):
+            raise ValueError(f"--gpu {'asks for' if settings.gpu else 'is off but'} a GPU, and JAX's default device "
+                             f"is {jax.default_backend()}: install jax[cuda12] on a machine with a GPU for --gpu, or "
+                             "set JAX_PLATFORMS=cpu to measure the CPU there")
+        self.mixed_precision = settings.mixed_precision
+
+    def _compute(self, params: Any, x: Any) -> tuple[Any, Any]:
+        """The weights and batch to compute with: bfloat16 copies with --mixed-precision (the gradient flows back
+        to the float32 weights), else themselves."""
+        if not self.mixed_precision:
+            return params, x
+        bf16 = self.jnp.bfloat16
+        return self.jax.tree_util.tree_map(lambda leaf: leaf.astype(bf16), params), x.astype(bf16)
 
     def info(self) -> dict[str, Any]:
         jax = self.jax
@@ -623,8 +688,10 @@ class JaxKit:
         @jax.jit
         def step(params: Any, batch_stats: Any, opt_state: Any, x: Any, labels: Any) -> Any:
             def loss_fn(params: Any) -> Any:
-                logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
+                weights, batch = self._compute(params, x)
+                logits, updates = module.apply({"params": weights, "batch_stats": batch_stats}, batch,
                                                mutable=["batch_stats"])
+                logits = logits.astype(jnp.float32)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
             (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             changes, opt_state = optimizer.update(grads, opt_state, params)
@@ -644,7 +711,11 @@ class JaxKit:
     def stock_predict(self, model: _FlaxModel) -> Callable[[np.ndarray], np.ndarray]:
         jax, jnp = self.jax, self.jnp
         module = model.module.clone(training=False)
-        compiled = jax.jit(lambda variables, x: module.apply(variables, x))
+        @jax.jit
+        def compiled(variables: Any, x: Any) -> Any:
+            params, batch = self._compute(variables["params"], x)
+            return module.apply({**variables, "params": params}, batch).astype(jnp.float32)
+
         return lambda x: np.asarray(compiled(model.variables, jnp.asarray(_to_nhwc(x))))
 
     def ours_block(self, model: Any) -> _FlaxModel:
@@ -658,10 +729,12 @@ class JaxKit:
         @jax.jit
         def forward_backward(params: Any, batch_stats: Any, x: Any, g: Any) -> Any:
             def forward(params: Any) -> Any:
-                y, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"])
+                weights, batch = self._compute(params, x)
+                y, updates = module.apply({"params": weights, "batch_stats": batch_stats}, batch,
+                                          mutable=["batch_stats"])
                 return y, updates["batch_stats"]
-            _, pullback, batch_stats = jax.vjp(forward, params, has_aux=True)
-            return pullback(g)[0], batch_stats
+            y, pullback, batch_stats = jax.vjp(forward, params, has_aux=True)
+            return pullback(g.astype(y.dtype))[0], batch_stats
 
         params, batch_stats = model.variables["params"], model.variables.get("batch_stats", {})
         return lambda: jax.block_until_ready(forward_backward(params, batch_stats, xj, gj))
@@ -681,7 +754,8 @@ class MXNetKit:
     fast_path = "hybridize"
     has_compile = False
 
-    def __init__(self, rn: ModuleType) -> None:
+    def __init__(self, rn: ModuleType, settings: Settings) -> None:
+        _cpu_only(rn.NAME, settings)
         import mxnet as mx
         from mxnet import autograd, gluon, init
         from mxnet.gluon import nn
@@ -819,6 +893,8 @@ class Context:
         model = self.rn.ResNet18()
         self.rn.build(model, self.settings.input_shape)
         self.rn.set_arrays(model, initial_weights(self.rn.spec_of(model), self.settings.input_shape, 0))
+        if self.settings.gpu:
+            self.rn.to_accelerator(model)
         return model
 
 
@@ -826,14 +902,15 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, An
     s, rn, kit = ctx.settings, ctx.rn, ctx.kit
     x, labels = ctx.batch()
     ours_model = ctx.ours_resnet18()
+    mixed = {"mixed_precision": s.mixed_precision}
     if compiled:  # torch only (kit.has_compile); two models, so that neither run touches the other's module
-        make = (lambda m: rn.make_train_step(m, s.lr)) if train else rn.make_predict
+        make = (lambda m: rn.make_train_step(m, s.lr, **mixed)) if train else (lambda m: rn.make_predict(m, **mixed))
         ours, reference = make(kit.compile(ours_model)), make(ctx.ours_resnet18())
     elif train:
-        ours = rn.make_train_step(ours_model, s.lr)
+        ours = rn.make_train_step(ours_model, s.lr, **mixed)
         reference = kit.stock_train_step(kit.stock_resnet18(s.input_shape), s.lr)
     else:
-        ours, reference = rn.make_predict(ours_model), kit.stock_predict(kit.stock_resnet18(s.input_shape))
+        ours, reference = rn.make_predict(ours_model, **mixed), kit.stock_predict(kit.stock_resnet18(s.input_shape))
     if train:
         sides = Side(lambda: ours(x, labels), s.batch_size), Side(lambda: reference(x, labels), s.batch_size)
     else:
@@ -883,6 +960,42 @@ def _data_pipeline(ctx: Context) -> dict[str, Any]:
     return result
 
 
+def _recipe(ctx: Context) -> dict[str, Any]:
+    """Time ``resnet.training.fit`` on the chapter's recipe, on Fashion-MNIST when it is cached, else on random
+    images of its size (the time does not depend on the pixels; the accuracy then means nothing)."""
+    from resnet.data import DownloadError, load_fashion_mnist, random_like_fashion_mnist
+    from resnet.training import TrainConfig, fit
+
+    s, rn = ctx.settings, ctx.rn
+    if s.recipe_examples:  # --quick
+        dataset = random_like_fashion_mnist(s.recipe_examples)
+    else:
+        try:
+            dataset = load_fashion_mnist(download_missing=False)
+        except DownloadError:
+            dataset = random_like_fashion_mnist()
+    config = TrainConfig(epochs=s.recipe_epochs, batch_size=s.batch_size, lr=s.lr, resize=s.image_size)
+    model = rn.ResNet18()
+    started = time.perf_counter()
+    history = fit(model, dataset, config, progress=False, log=lambda line: None, mixed_precision=s.mixed_precision,
+                  accelerator=s.gpu, compile=s.compile)
+    seconds = time.perf_counter() - started
+    speeds = history.column("images_per_s")
+    return {
+        "ours": _stats([seconds], 1),
+        "reference": None,
+        "epochs": s.recipe_epochs,
+        "images_per_s": speeds,
+        "val_acc": history.rows[-1]["val_acc"],
+        "dataset": dataset.name,
+        "device": rn.device_of(model),
+        "note": (f"{s.recipe_epochs} epochs on {dataset.name} ({len(dataset.train_labels):,} + "
+                 f"{len(dataset.val_labels):,} images) on {rn.device_of(model)}, evaluation and compilation included; "
+                 f"{statistics.median(speeds):,.0f} images/s median epoch; final val_acc {history.rows[-1]['val_acc']:.4f}"
+                 + ("" if dataset.name == "fashion-mnist" else " (random images: the accuracy means nothing)")),
+    }
+
+
 def _imports(ctx: Context, backend_too: bool) -> dict[str, Any]:
     repeats = ctx.settings.import_repeats
     if not backend_too:
@@ -912,10 +1025,12 @@ MEASURE: dict[str, Callable[[Context], dict[str, Any]]] = {
     "import_resnet": lambda ctx: _imports(ctx, backend_too=False),
     "import_backend": lambda ctx: _imports(ctx, backend_too=True),
     "matmul_peak": _matmul,
+    "recipe": _recipe,
 }
-UNITS = {"data_pipeline": "batches/s", "import_resnet": "s", "import_backend": "s", "matmul_peak": "GFLOP/s"}
+UNITS = {"data_pipeline": "batches/s", "import_resnet": "s", "import_backend": "s", "matmul_peak": "GFLOP/s",
+         "recipe": "s"}
 ORDER = ("import_resnet", "import_backend", "matmul_peak", "data_pipeline", "resnext_g2", "resnext_g8", "resnext_g32",
-         "resnet18_infer", "resnet18_train", "resnet18_infer_compiled", "resnet18_train_compiled")
+         "resnet18_infer", "resnet18_train", "resnet18_infer_compiled", "resnet18_train_compiled", "recipe")
 
 
 def _finish(name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -974,6 +1089,30 @@ def machine_info(kit: Any | None = None) -> dict[str, Any]:
     return info
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process and its finished children),
+    read from /proc (Linux); None elsewhere. Their changes over a run give the CPU that *other* processes used."""
+    try:
+        with open("/proc/stat") as handle:
+            machine = [int(value) for value in handle.readline().split()[1:]]
+        with open("/proc/self/stat") as handle:
+            own = handle.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user and nice.
+    busy = sum(machine[:8]) - machine[3] - machine[4]
+    mine = sum(int(value) for value in own[11:15])  # utime, stime, cutime, cstime: all threads, waited-for children
+    return busy / tick, mine / tick
+
+
+def other_cpu_load(before: tuple[float, float] | None, after: tuple[float, float] | None, seconds: float) -> float | None:
+    """Average number of cores that processes other than this one kept busy between two ``cpu_seconds()``."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / seconds)
+
+
 def selected(only: Sequence[str] | None) -> list[str]:
     """The measurements to run, in running order; ValueError for an unknown name."""
     if only:
@@ -987,9 +1126,9 @@ def selected(only: Sequence[str] | None) -> list[str]:
 def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None = None,
                   log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Run the selected measurements in backend module ``rn``; the JSON-ready result."""
-    kit = KITS[rn.NAME](rn)
+    kit = KITS[rn.NAME](rn, settings)
     ctx = Context(rn, kit, settings)
-    started = machine_info(kit)
+    started, cpu_before, began_run = machine_info(kit), cpu_seconds(), time.perf_counter()
     entries = []
     for name in selected(only):
         if name in COMPILED and not kit.has_compile:
@@ -999,6 +1138,10 @@ def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None
         if settings.quick and not only and name in COMPILED:
             entries.append({"name": name, "description": MEASUREMENTS[name], "status": "skipped",
                             "reason": "not measured under --quick (compiling takes minutes); name it in --only"})
+            continue
+        if name == "recipe" and not (settings.gpu or settings.quick or (only and name in only)):
+            entries.append({"name": name, "description": MEASUREMENTS[name], "status": "skipped",
+                            "reason": "measured with --gpu (on a 2-core CPU the 10 epochs take hours); name it in --only"})
             continue
         log(f"bench {rn.NAME}: {name} ...")
         began = time.perf_counter()
@@ -1015,6 +1158,8 @@ def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None
     _add_peak_fractions(entries)
     machine = machine_info(kit)
     machine["load_average_at_start"] = started["load_average"]
+    others = other_cpu_load(cpu_before, cpu_seconds(), time.perf_counter() - began_run)
+    machine["other_cpu_load"] = None if others is None else round(others, 3)
     return {"schema": SCHEMA, "backend": rn.NAME, "fast_path": kit.fast_path, "quick": settings.quick,
             "settings": asdict(settings), "machine": machine,
             "measurements": sorted(entries, key=lambda e: list(MEASUREMENTS).index(e["name"]))}
@@ -1036,9 +1181,21 @@ def format_stats(stats: dict[str, Any] | None) -> str:
     return f"{_number(stats['median'])} [{_number(stats['min'])}-{_number(stats['max'])}]"
 
 
-#: A 1-minute load average at the start at or above this means other processes were running, so the figures are
-#: unreliable. (At the end the benchmark's own threads count too; bench_report allows for that.)
+#: Where /proc cannot tell what other processes used: a 1-minute load average at the start at or above this means
+#: other processes were running, so the figures are unreliable. (The average lags by minutes, so it also counts a
+#: benchmark that has just ended; ``other_cpu_load`` does not.)
 BUSY_LOAD = 1.0
+#: Other processes keeping this many cores busy on average during the run (``other_cpu_load``) make it unreliable.
+BUSY_OTHERS = 0.25
+
+
+def was_busy(machine: dict[str, Any]) -> bool:
+    """Whether other processes ran during a run: by the CPU time they used while it ran (Linux), else by the
+    load average at the start and, beyond what the benchmark's own threads account for, at the end."""
+    if machine.get("other_cpu_load") is not None:
+        return machine["other_cpu_load"] >= BUSY_OTHERS
+    start, end = machine.get("load_average_at_start"), machine.get("load_average")
+    return bool(start and start[0] >= BUSY_LOAD) or bool(end and end[0] >= machine["usable_cores"] + BUSY_LOAD)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -1048,12 +1205,14 @@ def format_table(result: dict[str, Any]) -> str:
         f"resnet bench -- backend {result['backend']} ({result['fast_path']}), "
         f"{', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}",
         f"{m['cpu']}, {m['usable_cores']} usable cores, load average {m['load_average_at_start']} at start, "
-        f"{m['load_average']} at end" + ("  [--quick: tiny sizes; the numbers mean nothing]" * result["quick"]),
+        f"{m['load_average']} at end, other processes {m.get('other_cpu_load')} cores"
+        + ("  [--quick: tiny sizes; the numbers mean nothing]" * result["quick"]),
         "",
     ]
-    if (m["load_average_at_start"] or [0])[0] >= BUSY_LOAD:
-        lines[-1:-1] = [f"WARNING: the load average was {m['load_average_at_start'][0]} at the start: other processes "
-                        "are running, so these numbers are unreliable."]
+    if was_busy(m):
+        lines[-1:-1] = ["WARNING: other processes were running (" + (
+            f"they kept {m['other_cpu_load']} cores busy" if m.get("other_cpu_load") is not None
+            else f"load average {m['load_average_at_start'][0]} at the start") + "), so these numbers are unreliable."]
     header = ("measurement", "unit", "ours median [min-max]", "reference median [min-max]", "ours/ref", "%peak", "note")
     rows = [header]
     for e in result["measurements"]:
@@ -1091,6 +1250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the measurements and exit")
     parser.add_argument("--backend", dest="bench_backend", metavar="NAME",
                         help="torch, tensorflow, jax or mxnet (as the global --backend)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="torch and jax: run the models on the GPU, and time the 10-epoch recipe")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="torch and jax: both sides compute in bfloat16 with float32 weights")
+    parser.add_argument("--compile", action="store_true", help="torch: the recipe's train step under torch.compile")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -1102,7 +1266,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise ValueError(f"--{option} must be a positive integer, got {value}")
     if args.target_seconds is not None and not args.target_seconds > 0:
         raise ValueError(f"--target-seconds must be positive, got {args.target_seconds}")
-    changes = {"repeats": args.repeats, "steps": args.steps, "target_seconds": args.target_seconds}
+    changes = {"repeats": args.repeats, "steps": args.steps, "target_seconds": args.target_seconds,
+               "gpu": args.gpu or None, "mixed_precision": args.mixed_precision or None, "compile": args.compile or None}
     return replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 

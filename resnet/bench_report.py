@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from resnet.bench import BUSY_LOAD, MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA
+from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA, was_busy
 from resnet.selection import BACKENDS
 
 __all__ = ["load_results", "main", "render", "targets"]
@@ -135,11 +135,8 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, str, bool | N
 
 
 def _busy(result: dict[str, Any]) -> bool:
-    """Whether other processes ran during this result's run: the 1-minute load average was high at the start, or
-    at the end beyond what the benchmark's own threads (one per usable core) account for."""
-    m = result["machine"]
-    start, end = m.get("load_average_at_start"), m.get("load_average")
-    return bool(start and start[0] >= BUSY_LOAD) or bool(end and end[0] >= m["usable_cores"] + BUSY_LOAD)
+    """Whether other processes ran during this result's run (``resnet.bench.was_busy``)."""
+    return was_busy(result["machine"])
 
 
 def _machine_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -155,15 +152,16 @@ def _machine_lines(results: list[dict[str, Any]]) -> list[str]:
     lines.append("")
     busy = [r["backend"] for r in results if _busy(r)]
     if busy:
-        lines.insert(0, f"**Warning: other processes were running during the {', '.join(busy)} run(s) (see the load "
-                        "averages below): those numbers are unreliable; measure again on an idle machine.**")
+        lines.insert(0, f"**Warning: other processes were running during the {', '.join(busy)} run(s) (see the CPU use "
+                        "of other processes below): those numbers are unreliable; measure again on an idle machine.**")
         lines.insert(1, "")
     for r in results:
         m = r["machine"]
         versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
         lines.append(f"* **{r['backend']}**: {versions}; numpy {m['numpy']}; threads: {m.get('threads')}; "
                      f"device {m.get('device')}; fast path: {r['fast_path']}; load average "
-                     f"{m.get('load_average_at_start')} at start, {m.get('load_average')} at end"
+                     f"{m.get('load_average_at_start')} at start, {m.get('load_average')} at end, other processes "
+                     f"{m.get('other_cpu_load')} cores"
                      + (f"; environment {m['thread_env']}" if m.get("thread_env") else ""))
     return lines
 
