@@ -104,6 +104,46 @@ class GroupedConvGeneralDilated:
         return jnp.concatenate([conv(x, kernel) for x, kernel in pairs], axis=-1)
 
 
+class PointwiseConvGeneralDilated:
+    """``lax.conv_general_dilated`` for 1x1 convolutions (``nn.Conv(..., conv_general_dilated_cls=...)``).
+
+    On CPU a 1x1 convolution without padding is a matrix product over the channels (after taking every
+    ``stride``-th pixel), and XLA runs it that way about 1.3x faster, backward pass included (64 channels at
+    4x48x48: 2.9 against 3.8 ms measured on a 2-core CPU). Other devices, and any other case, use the
+    convolution. The results agree to float32 rounding, gradients included.
+    """
+
+    def __call__(
+        self,
+        lhs: jax.Array,
+        rhs: jax.Array,
+        window_strides: Sequence[int],
+        padding: Any,
+        lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None,
+        dimension_numbers: Any = None,
+        feature_group_count: int = 1,
+        precision: Any = None,
+        **kwargs: Any,
+    ) -> jax.Array:
+        plain = (
+            jax.default_backend() == "cpu"
+            and rhs.shape[:2] == (1, 1)
+            and feature_group_count == 1
+            and all(tuple(p) == (0, 0) for p in padding)
+            and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+            and not kwargs.get("batch_group_count", 1) > 1
+        )
+        if not plain:
+            return lax.conv_general_dilated(
+                lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, precision=precision, **kwargs,
+            )
+        # nn.Conv passes channels-last arrays: input (N, H, W, C), kernel (1, 1, C, out).
+        sh, sw = window_strides
+        return jnp.einsum("nhwc,co->nhwo", lhs[:, ::sh, ::sw, :], rhs[0, 0], precision=precision)
+
+
 def _use_block_diagonal(in_channels: int, groups: int) -> bool:
     # The dense convolution does `groups` times the multiply-adds, but in one call; separate convolutions
     # pay a fixed cost per group. Measured on a 2-core CPU (fwd + bwd, jitted), block-diagonal is faster
@@ -133,7 +173,9 @@ def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
             ((p, p), (p, p)),
             feature_group_count=layer.groups,
             use_bias=layer.bias,
-            conv_general_dilated_cls=GroupedConvGeneralDilated if layer.groups > 1 else None,
+            conv_general_dilated_cls=(
+                GroupedConvGeneralDilated if layer.groups > 1 else PointwiseConvGeneralDilated if layer.kernel == 1 else None
+            ),
         )
     if isinstance(layer, BatchNormSpec):
         # Flax averages the biased batch variance, as specs asks; its momentum weighs the old value.
