@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA, was_busy
+from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA, UNITS, was_busy
 from resnet.selection import BACKENDS
 
 __all__ = ["load_results", "main", "render", "targets"]
@@ -88,6 +88,7 @@ def _row_label(name: str, settings: dict[str, Any]) -> str:
         "import_resnet": "`import resnet`",
         "import_backend": "`import resnet.backends.<name>` / framework alone",
         "matmul_peak": f"matmul peak ({s['matmul_n']}x{s['matmul_n']} float32)",
+        "recipe": f"the chapter's recipe, {s.get('recipe_epochs', 10)} epochs through `fit`",
     }
     for name_g, groups in RESNEXT_GROUPS.items():
         labels[name_g] = (f"ResNeXtBlock({s['block_channels']}, {groups}, 1) fwd+bwd "
@@ -95,7 +96,6 @@ def _row_label(name: str, settings: dict[str, Any]) -> str:
     return labels.get(name, name)
 
 
-_UNITS = {"data_pipeline": "batches/s", "import_resnet": "s", "import_backend": "s", "matmul_peak": "GFLOP/s"}
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -189,7 +189,7 @@ def render(results: list[dict[str, Any]]) -> str:
         entries = [by_backend[b].get(name) for b in backends]
         if all(e is None or e["status"] == "n/a" for e in entries):
             continue
-        unit = _UNITS.get(name, "images/s")
+        unit = UNITS.get(name, "images/s")
         rows.append([_row_label(name, settings), unit, *(_cell(e) for e in entries)])
     lines += _table(["measurement", "unit", *backends], rows) + [""]
 
