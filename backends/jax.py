@@ -59,16 +59,21 @@ Variables = dict[str, Any]  # {'params': {...}, 'batch_stats': {...}}, nested di
 # ---------------------------------------------------------------------------------------------- layers
 
 
-class GroupedConvGeneralDilated:
-    """``lax.conv_general_dilated`` for ``nn.Conv(..., conv_general_dilated_cls=GroupedConvGeneralDilated)``.
+class CpuConvGeneralDilated:
+    """``lax.conv_general_dilated`` for ``nn.Conv(..., conv_general_dilated_cls=CpuConvGeneralDilated)``: the
+    same convolution, computed the way XLA runs fastest on a CPU.
 
     The layer stays an ``nn.Conv`` (parameters ``kernel``, HWIO with I = in_channels // groups, and
-    ``bias``); only how a grouped convolution is computed changes. XLA's CPU kernel for
-    ``feature_group_count > 1`` is slow, its backward pass above all: a training step through it is
-    30-100x slower than through the same convolution computed as separate convolutions, one per group,
-    concatenated, or as one dense convolution with a block-diagonal kernel. On CPU this computes it the
-    one of those two ways that was faster for the shape; other devices use ``feature_group_count``. The
-    results agree with ``feature_group_count`` to float32 rounding, gradients included.
+    ``bias``); only how the convolution is computed changes, on CPU alone (other devices run XLA's own
+    kernels, which are good there). The results agree with the plain convolution to float32 rounding,
+    gradients included. Two cases change:
+
+    * Grouped (``feature_group_count > 1``): XLA's CPU kernel is slow, its backward pass above all: a training
+      step through it is 30-100x slower than through separate convolutions, one per group, concatenated, or
+      one dense convolution with a block-diagonal kernel. This takes whichever of the two was faster for the
+      shape.
+    * 1x1 without padding: a matrix product over the channels (after taking every ``stride``-th pixel), about
+      1.3x faster, backward pass included (64 channels at 4x48x48: 2.9 against 3.8 ms on a 2-core CPU).
     """
 
     def __call__(
@@ -95,53 +100,19 @@ class GroupedConvGeneralDilated:
             **kwargs,
         )
         groups = feature_group_count
-        if groups == 1 or jax.default_backend() != "cpu":
+        if jax.default_backend() != "cpu":
             return conv(lhs, rhs, feature_group_count=groups)
         # nn.Conv passes channels-last arrays: input (N, H, W, C), kernel (kh, kw, C // groups, out).
-        if _use_block_diagonal(lhs.shape[-1], groups):
-            return conv(lhs, block_diagonal_kernel(rhs, groups))
-        pairs = zip(jnp.split(lhs, groups, axis=-1), jnp.split(rhs, groups, axis=-1))
-        return jnp.concatenate([conv(x, kernel) for x, kernel in pairs], axis=-1)
-
-
-class PointwiseConvGeneralDilated:
-    """``lax.conv_general_dilated`` for 1x1 convolutions (``nn.Conv(..., conv_general_dilated_cls=...)``).
-
-    On CPU a 1x1 convolution without padding is a matrix product over the channels (after taking every
-    ``stride``-th pixel), and XLA runs it that way about 1.3x faster, backward pass included (64 channels at
-    4x48x48: 2.9 against 3.8 ms measured on a 2-core CPU). Other devices, and any other case, use the
-    convolution. The results agree to float32 rounding, gradients included.
-    """
-
-    def __call__(
-        self,
-        lhs: jax.Array,
-        rhs: jax.Array,
-        window_strides: Sequence[int],
-        padding: Any,
-        lhs_dilation: Sequence[int] | None = None,
-        rhs_dilation: Sequence[int] | None = None,
-        dimension_numbers: Any = None,
-        feature_group_count: int = 1,
-        precision: Any = None,
-        **kwargs: Any,
-    ) -> jax.Array:
-        plain = (
-            jax.default_backend() == "cpu"
-            and rhs.shape[:2] == (1, 1)
-            and feature_group_count == 1
-            and all(tuple(p) == (0, 0) for p in padding)
-            and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-            and not kwargs.get("batch_group_count", 1) > 1
-        )
-        if not plain:
-            return lax.conv_general_dilated(
-                lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                feature_group_count, precision=precision, **kwargs,
-            )
-        # nn.Conv passes channels-last arrays: input (N, H, W, C), kernel (1, 1, C, out).
-        sh, sw = window_strides
-        return jnp.einsum("nhwc,co->nhwo", lhs[:, ::sh, ::sw, :], rhs[0, 0], precision=precision)
+        if groups > 1:
+            if _use_block_diagonal(lhs.shape[-1], groups):
+                return conv(lhs, block_diagonal_kernel(rhs, groups))
+            pairs = zip(jnp.split(lhs, groups, axis=-1), jnp.split(rhs, groups, axis=-1))
+            return jnp.concatenate([conv(x, kernel) for x, kernel in pairs], axis=-1)
+        dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        if rhs.shape[:2] == (1, 1) and all(tuple(p) == (0, 0) for p in padding) and not dilated and not kwargs:
+            sh, sw = window_strides
+            return jnp.einsum("nhwc,co->nhwo", lhs[:, ::sh, ::sw, :], rhs[0, 0], precision=precision)
+        return conv(lhs, rhs)
 
 
 def _use_block_diagonal(in_channels: int, groups: int) -> bool:
@@ -173,9 +144,8 @@ def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
             ((p, p), (p, p)),
             feature_group_count=layer.groups,
             use_bias=layer.bias,
-            conv_general_dilated_cls=(
-                GroupedConvGeneralDilated if layer.groups > 1 else PointwiseConvGeneralDilated if layer.kernel == 1 else None
-            ),
+            # XLA's own convolution unless a faster way to compute it on a CPU is known for this shape.
+            conv_general_dilated_cls=CpuConvGeneralDilated if layer.groups > 1 or layer.kernel == 1 else None,
         )
     if isinstance(layer, BatchNormSpec):
         # Flax averages the biased batch variance, as specs asks; its momentum weighs the old value.
