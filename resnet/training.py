@@ -130,6 +130,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         figure.savefig(temporary, format="png", dpi=100)
 
 
+#: Settings added after the first checkpoints were written, with the value those runs had: such a checkpoint
+#: resumes as long as the run keeps that value.
+IMPLIED_SETTINGS = {"dtype": "float32", "mixed_precision": "False"}
+
+
 def _settings(
     config: TrainConfig, dataset: Dataset, model_name: str, backend: str, dtype: str, mixed_precision: bool
 ) -> dict[str, str]:
@@ -151,7 +156,8 @@ def _resume_point(out_dir: Path, spec: Any, settings: dict[str, str]) -> tuple[d
             f"{out_dir / CHECKPOINT} was saved from a different model ({header.get('model', '?')}); resume with the "
             "same --model, or choose another --out directory"
         )
-    changed = [f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if k != "backend" and header.get(k) != v]
+    saved = {**IMPLIED_SETTINGS, **header}
+    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in settings.items() if k != "backend" and saved.get(k) != v]
     if changed:
         raise ValueError(
             f"{out_dir / CHECKPOINT} was trained with other settings ({'; '.join(changed)}); resume with the same "

@@ -216,3 +216,20 @@ def test_dtype_is_checked(rn):
     with pytest.raises(ValueError, match=r"dtype must be one of float32, float64 .*got 'float16'"):
         rn.ResNet18(dtype="float16")
     assert rn.dtype_of(rn.ResNet18()) == "float32" and rn.dtype_of(rn.ResNet18(dtype=np.float64)) == "float64"
+
+
+def test_checkpoint_from_before_a_setting_existed_resumes(rn, digits, tmp_path):
+    """A run saved before ``dtype`` and ``mixed_precision`` were recorded resumes with their values then
+    (float32, no mixed precision), and refuses another value with a message naming it."""
+    data = subset(digits, 128, 32)
+    one_epoch = TrainConfig(epochs=1, batch_size=64, lr=0.05, resize=16, seed=0)
+    fit(rn.ResNet18(), data, one_epoch, tmp_path, progress=False, log=lambda line: None)
+    arrays, header = read_weights(tmp_path / "last.safetensors")
+    old_header = {k: v for k, v in header.items() if k not in ("dtype", "mixed_precision")}
+    write_weights(arrays, tmp_path / "last.safetensors", old_header)
+    two_epochs = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
+    history = fit(rn.ResNet18(), data, two_epochs, tmp_path, resume=True, progress=False, log=lambda line: None)
+    assert [row["epoch"] for row in history.rows] == [1, 2]
+    write_weights(arrays, tmp_path / "last.safetensors", {**old_header, "epoch": "1"})
+    with pytest.raises(ValueError, match=r"other settings \(dtype: float32 -> float64\)"):
+        fit(rn.ResNet18(dtype="float64"), data, two_epochs, tmp_path, resume=True, progress=False, log=lambda line: None)
