@@ -41,9 +41,47 @@ __all__ = [
 # *backward* pass, though, which ``apply`` below has to allow for.
 
 
+class BlockDiagonalConv2D(nn.Conv2D):
+    """A grouped ``nn.Conv2D`` (same parameters: ``weight`` of shape (out, in // groups, kh, kw), ``bias``)
+    computed as one dense convolution with a block-diagonal kernel: group g's block on the diagonal, zeros
+    elsewhere. Results and gradients agree with the grouped convolution to float32 rounding.
+
+    MXNet 1.9.1's hybridized graph runs some grouped convolutions far slower than the same convolution run
+    eagerly: with 4 or 8 channels per group at up to 128 channels, a ResNeXt block's train step took 67-177 ms
+    against 33-41 ms through this dense form (measured on a 2-core CPU, batch 4). ``make_layer`` uses it only
+    there (``_use_block_diagonal``).
+    """
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
+        options = dict(self._kwargs)
+        groups = options.pop("num_group")
+        # (out, in/g, kh, kw) -> (g, out/g, 1, in/g, kh, kw), times eye(g) over the two group axes, then merged
+        # back to the dense (out, in, kh, kw).
+        blocks = F.expand_dims(F.reshape(weight, shape=(-4, groups, -1, -2)), axis=2)
+        eye = F.reshape(F.eye(groups), shape=(groups, 1, groups, 1, 1, 1))
+        dense = F.reshape(F.broadcast_mul(blocks, eye), shape=(-3, -3, -2))
+        if bias is None:
+            return F.Convolution(x, dense, name="fwd", num_group=1, **options)
+        return F.Convolution(x, dense, bias, name="fwd", num_group=1, **options)
+
+
+def _use_block_diagonal(channels: int, groups: int) -> bool:
+    # Measured (hybridized ResNeXt block, fwd + bwd): block-diagonal wins 3-4x at 64 channels in groups of 4 and
+    # 8 and 128 in groups of 8 (134 -> 33 ms at 64 in 8 groups), and loses at 16 or more channels per group, at 2
+    # per group, and at 256 channels (33.8 against 37.5 ms in groups of 8). Our grouped convolutions map as many
+    # channels in as out, so ``channels`` is both.
+    return 4 <= channels // groups <= 8 and channels <= 128
+
+
 def make_layer(layer: LayerSpec) -> nn.HybridBlock:
     """The native layer for a layer description, its input size inferred at the first call."""
     if isinstance(layer, ConvSpec):
+        if layer.groups > 1 and _use_block_diagonal(layer.out_channels, layer.groups):
+            # Its input size given, not inferred: the dense form hides the weight's shape from Gluon's inference.
+            return BlockDiagonalConv2D(
+                layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups,
+                use_bias=layer.bias, in_channels=layer.in_channels or layer.out_channels,
+            )
         return nn.Conv2D(
             layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias
         )
