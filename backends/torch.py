@@ -451,9 +451,14 @@ def dtype_of(model: nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
+def _device(model: nn.Module) -> torch.device:
+    """The device of the model's weights, where its inputs must go."""
+    return next(model.parameters()).device
+
+
 def device_of(model: nn.Module) -> str:
     """Where the model's weights are: ``"cpu:0"`` or ``"cuda:0"``... (``model.to("cuda")`` moves them)."""
-    device = next(model.parameters()).device
+    device = _device(model)
     return f"{device.type}:{device.index or 0}"
 
 
@@ -489,7 +494,7 @@ def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
 def apply(model: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
     """Run the model (on the model's device); in training mode BatchNorm uses batch statistics and updates its
     running averages."""
-    x = x.to(next(model.parameters()).device)  # a no-op when the input is there already
+    x = x.to(_device(model))  # a no-op when the input is there already
     was_training = model.training
     model.train(training)
     try:
@@ -569,7 +574,7 @@ def _fast_layout(model: nn.Module) -> Callable[[np.ndarray, str], torch.Tensor]:
     On a GPU the weights go channels-last and batches follow (cuDNN's tensor-core convolutions are NHWC;
     NCHW would cost a transposition around every layer); on the CPU nothing changes.
     """
-    device = next(model.parameters()).device
+    device = _device(model)
     if device.type != "cuda":
         return lambda x, dtype: to_native(x, dtype)
     # cudnn.benchmark stays off: its kernel search made the chapter's 10-epoch recipe slower on an H200 (70.1
@@ -601,7 +606,7 @@ def make_train_step(
         if optimizer is None:  # the lazy layers need the first batch's shape
             build(model, x.shape)
             native_batch, optimizer = _fast_layout(model), torch.optim.SGD(model.parameters(), lr=lr)
-        device = next(model.parameters()).device
+        device = _device(model)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=mixed_precision), statistics():
@@ -627,7 +632,7 @@ def make_predict(model: nn.Module, mixed_precision: bool = False) -> Callable[[n
         if native_batch is None:
             build(model, x.shape)
             native_batch = _fast_layout(model)
-        device = next(model.parameters()).device
+        device = _device(model)
         with torch.autocast(device.type, torch.bfloat16, enabled=mixed_precision):
             y = apply(model, native_batch(x, dtype), training=False)
         return to_numpy(y.to(getattr(torch, dtype)))

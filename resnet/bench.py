@@ -980,18 +980,18 @@ def _recipe(ctx: Context) -> dict[str, Any]:
     history = fit(model, dataset, config, progress=False, log=lambda line: None, mixed_precision=s.mixed_precision,
                   accelerator=s.gpu, compile=s.compile)
     seconds = time.perf_counter() - started
-    speeds = history.column("images_per_s")
+    speeds, val_acc, device = history.column("images_per_s"), history.rows[-1]["val_acc"], rn.device_of(model)
     return {
         "ours": _stats([seconds], 1),
         "reference": None,
         "epochs": s.recipe_epochs,
         "images_per_s": speeds,
-        "val_acc": history.rows[-1]["val_acc"],
+        "val_acc": val_acc,
         "dataset": dataset.name,
-        "device": rn.device_of(model),
+        "device": device,
         "note": (f"{s.recipe_epochs} epochs on {dataset.name} ({len(dataset.train_labels):,} + "
-                 f"{len(dataset.val_labels):,} images) on {rn.device_of(model)}, evaluation and compilation included; "
-                 f"{statistics.median(speeds):,.0f} images/s median epoch; final val_acc {history.rows[-1]['val_acc']:.4f}"
+                 f"{len(dataset.val_labels):,} images) on {device}, evaluation and compilation included; "
+                 f"{statistics.median(speeds):,.0f} images/s median epoch; final val_acc {val_acc:.4f}"
                  + ("" if dataset.name == "fashion-mnist" else " (random images: the accuracy means nothing)")),
     }
 
