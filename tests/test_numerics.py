@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import resnet
-from cases import BLOCK_CASES, GOLDEN_CASES, RESNET18, SGD_LR, SMALL_RESNET, expected_values, golden, section
+from cases import BLOCK_CASES, GOLDEN_CASES, GROUPED_PATH_CASES, RESNET18, SGD_LR, SMALL_RESNET, expected_values, golden, section
 
 
 def tolerance(case) -> float:
@@ -68,6 +68,18 @@ def test_training_pass_matches_reference(rn, case):
     after = rn.get_arrays(model)
     for name, value in section(arrays, "after_training").items():
         assert_close(after[name], value, 1e-5, f"{name} after one training pass")
+
+
+@pytest.mark.parametrize("case", GROUPED_PATH_CASES, ids=lambda c: c.name)
+def test_every_grouped_convolution_path_matches_reference(rn, case):
+    """Backends compute a grouped convolution in whichever way was fastest for its shape (see each backend's
+    convolution layer); every way gives the reference's outputs and gradients."""
+    expected = expected_values(case)
+    model = loaded(rn, case, expected)
+    assert_close(resnet.forward(model, expected["input"]), expected["inference"], tolerance(case), "inference output")
+    output, grads = rn.vjp(model, expected["input"], expected["output_grad"])
+    assert_close(output, expected["training"], tolerance(case), "training-mode output")
+    assert_grads_close(grads, section(expected, "grad"))
 
 
 def test_one_sgd_step_matches_reference(rn):
