@@ -102,6 +102,55 @@ class MaxPool2d(keras.layers.Layer):
         return tf.nn.max_pool2d(x, self.kernel, self.stride, "VALID")
 
 
+class BatchNorm(keras.layers.BatchNormalization):
+    """Keras' ``BatchNormalization`` (the same weights, arguments and running-average updates), computed with
+    TensorFlow's fused kernel (``FusedBatchNormV3``, oneDNN on a CPU) for 4-D channels-last float32 inputs.
+
+    Keras 3 normalizes with separate operations; the fused kernel's forward and backward passes are 1.7-4x
+    faster on a 2-core CPU (4x48x48x64: 2.7 against 1.5 ms; 128x24x24x64: 25 against 6 ms). Anything else (a
+    mask, float64, another axis, renorm, no scale or no center) goes through Keras' own ``call``.
+    """
+
+    def _fused(self, inputs: tf.Tensor, mask: Any) -> bool:
+        return (
+            mask is None
+            and inputs.shape.rank == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype == tf.float32
+            and self.scale
+            and self.center
+            and not self.renorm
+            and not self.synchronized
+        )
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None, mask: Any = None) -> tf.Tensor:
+        if not self._fused(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        in_training = bool(training) and self.trainable
+        empty = tf.constant([], tf.float32)
+        # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to at least 1.001e-5 (cuDNN's
+        # floor) and would change the numbers at this package's 1e-5.
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=self.gamma,
+            offset=self.beta,
+            mean=empty if in_training else self.moving_mean,
+            variance=empty if in_training else self.moving_variance,
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=in_training,
+        )
+        if in_training:
+            # The kernel normalizes with the biased batch variance but returns the unbiased one; the running
+            # average takes the biased one, as Keras' does.
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+            variance = variance * ((count - 1.0) / count)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return y
+
+
 class Sequential(keras.Sequential):
     """``keras.Sequential`` that can also be indexed (``stage[0]``) and measured (``len``), like PyTorch's, and
     that takes a ``dtype`` as other layers do (Keras' own casts its inputs to float32 whatever its layers')."""
@@ -126,7 +175,7 @@ def make_layer(layer: LayerSpec, dtype: Any = None) -> keras.layers.Layer:
     if isinstance(layer, BatchNormSpec):
         # Keras' momentum is the weight of the old running value; its running variance averages the biased
         # batch variance, the canonical rule.
-        return keras.layers.BatchNormalization(
+        return BatchNorm(
             momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, dtype=dtype
         )
     if isinstance(layer, DenseSpec):
@@ -585,7 +634,7 @@ def trainable_count(model: keras.layers.Layer) -> int:
 _KERAS_NAMES = {
     Conv2d: {"weight": "kernel", "bias": "bias"},
     keras.layers.Dense: {"weight": "kernel", "bias": "bias"},
-    keras.layers.BatchNormalization: {
+    BatchNorm: {
         "weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"
     },
 }
