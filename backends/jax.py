@@ -71,8 +71,7 @@ class CpuConvGeneralDilated:
     * Grouped (``feature_group_count > 1``): XLA's CPU kernel is slow, its backward pass above all: a training
       step through it is 30-100x slower than through separate convolutions on chunks of the channels,
       concatenated, each chunk one group or a few groups as one dense convolution with a block-diagonal
-      kernel. Narrow groups (up to 4 channels each) at stride 1 are computed without any convolution kernel,
-      by ``shifted_products_conv``.
+      kernel.
     * 1x1 without padding: a matrix product over the channels (after taking every ``stride``-th pixel), about
       1.3x faster, backward pass included (64 channels at 4x48x48: 2.9 against 3.8 ms on a 2-core CPU).
     """
@@ -104,13 +103,10 @@ class CpuConvGeneralDilated:
         if jax.default_backend() != "cpu":
             return conv(lhs, rhs, feature_group_count=groups)
         # nn.Conv passes channels-last arrays: input (N, H, W, C), kernel (kh, kw, C // groups, out).
-        dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        plain = not dilated and not kwargs and not isinstance(padding, str)
         if groups > 1:
-            if plain and _use_shifted_products(rhs.shape[2], window_strides, lhs.dtype):
-                return shifted_products_conv(lhs, rhs, _pairs(padding), groups)
             return _grouped_on_cpu(conv, lhs, rhs, groups)
-        if rhs.shape[:2] == (1, 1) and plain and all(tuple(p) == (0, 0) for p in padding):
+        dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        if rhs.shape[:2] == (1, 1) and all(tuple(p) == (0, 0) for p in padding) and not dilated and not kwargs:
             sh, sw = window_strides
             return jnp.einsum("nhwc,co->nhwo", lhs[:, ::sh, ::sw, :], rhs[0, 0], precision=precision)
         return conv(lhs, rhs)
@@ -131,8 +127,9 @@ def _groups_per_chunk(in_channels: int, groups: int) -> int:
     # A block-diagonal chunk of d groups does d times the multiply-adds of its groups, but in one call;
     # separate convolutions pay a fixed cost each. Measured on a 2-core CPU (fwd + bwd, jitted, 64-512
     # channels, 6x6-48x48, batch 4-32): chunks of 16 channels are fastest (8-channel groups in pairs:
-    # 1.03-1.7x faster than one convolution per group, 1.1-1.7x faster than chunks of 32); groups of 16 or
-    # more channels alone; up to 32 channels in all, one dense convolution.
+    # 1.03-1.7x faster than one convolution per group, 1.1-1.7x faster than chunks of 32; groups of 2 or 4
+    # channels, 8 or 4 to a chunk, matched or beat a sum of shifted products without any convolution, by up
+    # to 1.6x); groups of 16 or more channels alone; up to 32 channels in all, one dense convolution.
     if in_channels <= 32:
         return groups
     width = in_channels // groups
@@ -147,94 +144,6 @@ def block_diagonal_kernel(kernel: jax.Array, groups: int) -> jax.Array:
     # dense[h, w, G, i, g, o] = blocks[h, w, i, g, o] if G == g else 0
     dense = jnp.einsum("hwigo,Gg->hwGigo", blocks, jnp.eye(groups, dtype=kernel.dtype))
     return dense.reshape(kh, kw, groups * group_in, out)
-
-
-def _use_shifted_products(group_in: int, strides: Sequence[int], dtype: Any) -> bool:
-    # Measured on a 2-core CPU (fwd + bwd, jitted): with 1-4 input channels per group and stride 1 the shifted
-    # products take 1.5-1.9x less time than the best convolution formulation at every size tried (64-512
-    # channels, 6x6-48x48, batch 4-32); with 8 channels, or stride 2, they lose up to 1.4x. Only float32 and
-    # float64: bfloat16 sums would round at every term.
-    return group_in <= 4 and tuple(strides) == (1, 1) and jnp.dtype(dtype) in (jnp.float32, jnp.float64)
-
-
-def _pairs(padding: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
-    return tuple((int(low), int(high)) for low, high in padding)
-
-
-def _shifted_products(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...], groups: int) -> jax.Array:
-    """A grouped NHWC convolution (HWIO kernel, stride 1) as a sum of ``kh * kw * group_in`` broadcast
-    products, one per kernel tap and input channel of a group, of the shifted input window with one row of
-    the kernel. XLA fuses the whole sum into one elementwise loop over the output."""
-    n, h, w, _ = x.shape
-    kh, kw, group_in, out = kernel.shape
-    (top, bottom), (left, right) = padding
-    oh, ow = h + top + bottom - kh + 1, w + left + right - kw + 1
-    # lax.pad, not jnp.pad: a negative padding crops, as in lax.conv_general_dilated.
-    padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-    padded = padded.reshape(*padded.shape[:3], groups, group_in)
-    rows = kernel.reshape(kh, kw, group_in, groups, out // groups)
-    total = None
-    for i in range(kh):
-        for j in range(kw):
-            window = padded[:, i : i + oh, j : j + ow]
-            for c in range(group_in):
-                # (n, oh, ow, groups, 1) * (groups, group_out): input channel c of every group, into its group
-                term = window[..., c : c + 1] * rows[i, j, c]
-                total = term if total is None else total + term
-    return _computed_once(total.reshape(n, oh, ow, out))
-
-
-def _computed_once(y: jax.Array) -> jax.Array:
-    """``y``, stored once. XLA copies a chain of cheap elementwise operations into every fused loop that reads
-    its result, so each consumer of a shifted-products sum (a bias, BatchNorm's statistics and normalization,
-    a ReLU's mask) would compute the whole sum again: a ResNeXt block took 27 ms instead of 20. A product with
-    the identity matrix is an operation XLA never copies, and costs about 0.2 ms at 4x48x48x64."""
-    # lax.optimization_barrier does not help: XLA's CPU compiler removes it before fusing.
-    channels = y.shape[-1]
-    return (y.reshape(-1, channels) @ jnp.eye(channels, dtype=y.dtype)).reshape(y.shape)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def shifted_products_conv(
-    x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...], groups: int
-) -> jax.Array:
-    """A grouped NHWC convolution with narrow groups at stride 1, computed on a CPU without a convolution
-    kernel.
-
-    The forward pass and the input gradient (the same kind of convolution, of the output gradient with the
-    flipped, transposed kernel) are sums of shifted broadcast products. The kernel gradient comes from the
-    convolution formulation: differentiating the sums would scatter every term back on its own. Reverse-mode
-    only (``jax.grad``, ``jax.vjp``), as ``jax.custom_vjp`` defines it.
-    """
-    return _shifted_products(x, kernel, padding, groups)
-
-
-def _shifted_products_forward(
-    x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...], groups: int
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _shifted_products(x, kernel, padding, groups), (x, kernel)
-
-
-def _shifted_products_backward(
-    padding: tuple[tuple[int, int], ...], groups: int, saved: tuple[jax.Array, jax.Array], output_grad: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    x, kernel = saved
-    kh, kw, group_in, out = kernel.shape
-    # The input gradient is a convolution of output_grad with the kernel flipped in space and, within each
-    # group, with inputs and outputs swapped; its padding is what the forward pass's left uncovered.
-    flipped = kernel[::-1, ::-1].reshape(kh, kw, group_in, groups, out // groups).transpose(0, 1, 4, 3, 2)
-    flipped = flipped.reshape(kh, kw, out // groups, groups * group_in)
-    (top, bottom), (left, right) = padding
-    uncovered = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-    x_grad = _shifted_products(output_grad, flipped, uncovered, groups)
-    conv = functools.partial(
-        lax.conv_general_dilated, window_strides=(1, 1), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    _, pullback = jax.vjp(lambda k: _grouped_on_cpu(conv, x, k, groups), kernel)
-    return x_grad, pullback(output_grad)[0]
-
-
-shifted_products_conv.defvjp(_shifted_products_forward, _shifted_products_backward)
 
 
 def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:

@@ -72,8 +72,8 @@ BLOCK_CASES = [
     *(Case(f"resnext_g{g}_1x1_s2", "ResNeXtBlock", (64, g, 0.5, True, 2), (2, 16, 7, 7)) for g in (1, 2, 8, 32)),
 ]
 # Grouped convolutions at the group widths where backends switch how they compute them (one convolution per
-# group, a block-diagonal dense kernel, shifted products, the framework's own kernel): 64 channels in groups of
-# 32 down to 2, and a strided block. Checked against the reference computed fresh (no golden files).
+# group, block-diagonal dense kernels for a few groups at once, the framework's own kernel): 64 channels in
+# groups of 32 down to 2, and a strided block. Checked against the reference computed fresh (no golden files).
 GROUPED_PATH_CASES = [
     *(Case(f"resnext64_g{g}", "ResNeXtBlock", (64, g, 1), (2, 64, 6, 6)) for g in (2, 4, 8, 16, 32)),
     Case("resnext64_g16_1x1_s2", "ResNeXtBlock", (64, 16, 1, True, 2), (2, 32, 7, 7)),
