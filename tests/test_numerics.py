@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 import resnet
-from cases import BLOCK_CASES, GOLDEN_CASES, GROUPED_PATH_CASES, RESNET18, SGD_LR, SMALL_RESNET, expected_values, golden, section
+from cases import (
+    BLOCK_CASES,
+    GOLDEN_CASES,
+    GROUPED_PATH_CASES,
+    RESNET18,
+    SGD_LR,
+    SMALL_RESNET,
+    expected_values,
+    golden,
+    section,
+)
 
 
 def tolerance(case) -> float:
