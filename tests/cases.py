@@ -73,10 +73,13 @@ BLOCK_CASES = [
 ]
 # Grouped convolutions at the group widths where backends switch how they compute them (one convolution per
 # group, block-diagonal dense kernels for a few groups at once, the framework's own kernel): 64 channels in
-# groups of 32 down to 2, and a strided block. Checked against the reference computed fresh (no golden files).
+# groups of 32 down to 2, a strided block, groups of 6 channels (no chunk size is a multiple of 6) and 128
+# channels (MXNet's wider chunks). Checked against the reference computed fresh (no golden files).
 GROUPED_PATH_CASES = [
     *(Case(f"resnext64_g{g}", "ResNeXtBlock", (64, g, 1), (2, 64, 6, 6)) for g in (2, 4, 8, 16, 32)),
     Case("resnext64_g16_1x1_s2", "ResNeXtBlock", (64, 16, 1, True, 2), (2, 32, 7, 7)),
+    Case("resnext48_g8", "ResNeXtBlock", (48, 8, 1), (2, 48, 5, 5)),
+    Case("resnext128_g32", "ResNeXtBlock", (128, 32, 1), (2, 128, 4, 4)),
 ]
 SMALL_RESNET = Case("small_resnet", "ResNet", (((1, 64), (1, 32)), 10), (4, 1, 24, 24), classifier=True)
 GOLDEN_CASES = [*BLOCK_CASES, SMALL_RESNET]
