@@ -46,7 +46,8 @@ compute in bfloat16 with float32 weights (``torch.autocast`` for the stock torch
 the weights in the stock JAX step), and ``--compile`` puts the recipe's PyTorch step under ``torch.compile``.
 
 Timing: both sides are warmed up (compilation and tracing happen there), then each side's steps per repeat
-are chosen so a repeat takes about ``--target-seconds`` (or fixed by ``--steps``), and the sides alternate
+are chosen so a repeat takes about ``--target-seconds`` (at least 3 steps in the ResNet-18 rows, whose
+single steps vary by up to a quarter on a small CPU; all fixed by ``--steps``), and the sides alternate
 in the same process, ours first in even repeats and the reference first in odd ones. Each row gives the
 median and the min-max over the repeats, and the ratio of the medians: ``ours / reference`` for
 throughputs, ``reference / ours`` for times, so above 1 always means ours is faster. Rows without a
@@ -132,6 +133,9 @@ class Settings:
     repeats: int = 5
     steps: int | None = None  # steps per repeat for every side; None: chosen from target_seconds
     target_seconds: float = 1.0
+    # ResNet-18 rows: at least this many steps a repeat. One training step takes 1-3 s on a 2-core CPU, so
+    # target_seconds alone gives single-step repeats, and single steps there vary by up to a quarter.
+    model_min_steps: int = 3
     warmup: int = 2
     import_repeats: int = 3
     quick: bool = False
@@ -145,8 +149,8 @@ class Settings:
     def quick_settings(cls) -> "Settings":
         """Tiny sizes for CI and the tests: batch 8, 32x32, 2 repeats; the numbers mean nothing."""
         return cls(batch_size=8, image_size=32, block_batch=2, block_size=16, data_batches=2, matmul_n=256,
-                   repeats=2, target_seconds=0.05, warmup=1, import_repeats=1, quick=True, recipe_epochs=1,
-                   recipe_examples=64)
+                   repeats=2, target_seconds=0.05, model_min_steps=1, warmup=1, import_repeats=1, quick=True,
+                   recipe_epochs=1, recipe_examples=64)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -184,17 +188,20 @@ def _stats(samples: list[float], steps: int) -> dict[str, Any]:
             "samples": samples, "steps_per_repeat": steps}
 
 
-def _steps_for(side: Side, settings: Settings) -> int:
+def _steps_for(side: Side, settings: Settings, min_steps: int = 1) -> int:
     if settings.steps:
         return settings.steps
     started = time.perf_counter()
     side.step()
     seconds = time.perf_counter() - started
-    return max(1, min(1000, math.ceil(settings.target_seconds / max(seconds, 1e-9))))
+    return max(min_steps, min(1000, math.ceil(settings.target_seconds / max(seconds, 1e-9))))
 
 
-def measure(ours: Side, reference: Side | None, settings: Settings, best: bool = False) -> dict[str, Any]:
-    """Warm up both sides, then alternate them for ``settings.repeats`` repeats; work per second of each.
+def measure(
+    ours: Side, reference: Side | None, settings: Settings, best: bool = False, min_steps: int = 1
+) -> dict[str, Any]:
+    """Warm up both sides, then alternate them for ``settings.repeats`` repeats of at least ``min_steps``
+    steps (unless ``settings.steps`` fixes them); work per second of each.
 
     Ours runs first in even repeats and the reference first in odd ones, so a drift in the machine's speed
     (another process, thermal throttling) falls on both alike.
@@ -203,7 +210,7 @@ def measure(ours: Side, reference: Side | None, settings: Settings, best: bool =
     for _ in range(settings.warmup):
         for side in sides:
             side.step()
-    steps = [_steps_for(side, settings) for side in sides]
+    steps = [_steps_for(side, settings, min_steps) for side in sides]
     samples: list[list[float]] = [[] for _ in sides]
     for repeat in range(settings.repeats):
         order = range(len(sides)) if repeat % 2 == 0 else reversed(range(len(sides)))
@@ -916,7 +923,7 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, An
     else:
         sides = Side(lambda: ours(x), s.batch_size), Side(lambda: reference(x), s.batch_size)
     # Compiled code may recompile on its second call (guards on the training flag, BatchNorm's counters).
-    result = measure(*sides, replace(s, warmup=max(s.warmup, 3)) if compiled else s)
+    result = measure(*sides, replace(s, warmup=max(s.warmup, 3)) if compiled else s, min_steps=s.model_min_steps)
     macs = multiply_adds(rn.spec_of(ours_model), s.input_shape)
     result["gflop_per_item"] = 2 * macs * (3 if train else 1) / 1e9
     if compiled:
