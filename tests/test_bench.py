@@ -134,3 +134,18 @@ def test_other_processes_are_told_apart_from_the_benchmark():
         pass
     after = bench.cpu_seconds()
     assert after[1] - before[1] >= 0.15 and after[0] - before[0] >= after[1] - before[1] - 0.05  # ours is in the total
+
+
+def test_repeats_take_at_least_min_steps_unless_steps_are_fixed():
+    """A side slower than --target-seconds would run one step a repeat; ``min_steps`` (the ResNet-18 rows') makes
+    it more, and ``--steps`` fixes the count for every side."""
+    calls = {"slow": 0, "fast": 0}
+    slow = bench.Side(lambda: calls.__setitem__("slow", calls["slow"] + 1) or time.sleep(0.002), 1)
+    fast = bench.Side(lambda: calls.__setitem__("fast", calls["fast"] + 1), 1)
+    settings = bench.Settings(repeats=2, target_seconds=0.001, warmup=0)
+    result = bench.measure(slow, fast, settings, min_steps=3)
+    assert result["ours"]["steps_per_repeat"] == 3 and result["reference"]["steps_per_repeat"] >= 3
+    assert calls["slow"] == 1 + 2 * 3  # the one step that sized it, then 2 repeats of 3
+    assert bench.measure(slow, fast, settings)["ours"]["steps_per_repeat"] == 1
+    fixed = bench.measure(slow, fast, bench.Settings(repeats=2, steps=2, warmup=0), min_steps=3)
+    assert fixed["ours"]["steps_per_repeat"] == fixed["reference"]["steps_per_repeat"] == 2
