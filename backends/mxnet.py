@@ -130,6 +130,14 @@ def make_layer(layer: LayerSpec) -> nn.HybridBlock:
     raise TypeError(f"unknown layer description {layer!r}")
 
 
+def _relu(F: Any, x: Any) -> Any:
+    """ReLU as MXNet's ``Activation`` operator rather than ``F.relu``: the same function and gradient, but
+    ``relu`` has no MKL-DNN kernel, so each call converts its input out of MKL-DNN's blocked layout and back.
+    A ResNeXt block's train step (64 channels, batch 4, 48x48, 2-core CPU) took 22 against 38 ms with 2 groups
+    and 17 against 22 ms with 8."""
+    return F.Activation(x, act_type="relu")
+
+
 class Shortcut(nn.HybridBlock):
     """A projection shortcut, ``downsample`` in the family's blocks: a 1x1 convolution ``conv`` with the block's
     stride, then BN ``bn`` (none in a pre-activation block)."""
@@ -200,11 +208,11 @@ class Residual(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
         if self.conv3 is not None:
             X = self.conv3(X)
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class ResNeXtBlock(nn.HybridBlock):
@@ -242,12 +250,12 @@ class ResNeXtBlock(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
-        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn2(self.conv2(Y)))
         Y = self.bn3(self.conv3(Y))
         if self.conv4 is not None:
             X = self.bn4(self.conv4(X))
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class BasicBlock(nn.HybridBlock):
@@ -274,11 +282,11 @@ class BasicBlock(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
         if self.downsample is not None:
             X = self.downsample(X)
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class Bottleneck(nn.HybridBlock):
@@ -318,12 +326,12 @@ class Bottleneck(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
-        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn2(self.conv2(Y)))
         Y = self.bn3(self.conv3(Y))
         if self.downsample is not None:
             X = self.downsample(X)
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class PreActBasic(nn.HybridBlock):
@@ -350,11 +358,11 @@ class PreActBasic(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(X))
+        Y = _relu(F, self.bn1(X))
         if self.downsample is not None:
             X = self.downsample(Y)  # the projection reads the pre-activated input
         Y = self.conv1(Y)
-        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv2(_relu(F, self.bn2(Y)))
         return Y + X
 
 
@@ -395,12 +403,12 @@ class PreActBottleneck(nn.HybridBlock):
         return super().forward(X)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(X))
+        Y = _relu(F, self.bn1(X))
         if self.downsample is not None:
             X = self.downsample(Y)  # the projection reads the pre-activated input
         Y = self.conv1(Y)
-        Y = self.conv2(F.relu(self.bn2(Y)))
-        Y = self.conv3(F.relu(self.bn3(Y)))
+        Y = self.conv2(_relu(F, self.bn2(Y)))
+        Y = self.conv3(_relu(F, self.bn3(Y)))
         return Y + X
 
 
