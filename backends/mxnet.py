@@ -132,7 +132,8 @@ def make_layer(layer: LayerSpec) -> nn.HybridBlock:
 
 def _relu(F: Any, x: Any) -> Any:
     """ReLU as MXNet's ``Activation`` operator rather than ``F.relu``: the same function and gradient, but
-    ``relu`` has no MKL-DNN kernel, so each call converts its input out of MKL-DNN's blocked layout and back.
+    ``relu`` has no MKL-DNN kernel, so each call converts its input out of MKL-DNN's blocked layout (and the
+    next MKL-DNN operator converts it back).
     A ResNeXt block's train step (64 channels, batch 4, 48x48, 2-core CPU) took 22 against 38 ms with 2 groups
     and 17 against 22 ms with 8."""
     return F.Activation(x, act_type="relu")
