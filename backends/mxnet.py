@@ -117,7 +117,7 @@ def make_layer(layer: LayerSpec) -> nn.HybridBlock:
             # Its input size given, not inferred: the dense form hides the weight's shape from Gluon's inference.
             return ChunkedConv2D(
                 layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups,
-                use_bias=layer.bias, in_channels=layer.in_channels or layer.out_channels, chunk=chunk,
+                use_bias=layer.bias, in_channels=layer.out_channels, chunk=chunk,
             )
         return nn.Conv2D(
             layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias

@@ -73,8 +73,9 @@ BLOCK_CASES = [
 ]
 # Grouped convolutions at the group widths where backends switch how they compute them (one convolution per
 # group, block-diagonal dense kernels for a few groups at once, the framework's own kernel): 64 channels in
-# groups of 32 down to 2, a strided block, groups of 6 channels (no chunk size is a multiple of 6) and 128
-# channels (MXNet's wider chunks). Checked against the reference computed fresh (no golden files).
+# groups of 32 down to 2, a strided block, groups of 6 channels (MXNet's chunks of 16 or 32 channels cannot
+# hold whole groups of 6) and 128 channels (MXNet's wider chunks). Checked against the reference computed fresh
+# (no golden files).
 GROUPED_PATH_CASES = [
     *(Case(f"resnext64_g{g}", "ResNeXtBlock", (64, g, 1), (2, 64, 6, 6)) for g in (2, 4, 8, 16, 32)),
     Case("resnext64_g16_1x1_s2", "ResNeXtBlock", (64, 16, 1, True, 2), (2, 32, 7, 7)),
