@@ -11,48 +11,28 @@ use a backend without the global choice, import it directly: ``from resnet.backe
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from resnet.api import forward, layer_summary, macs, num_params, output_shape, random_input, summary_lines
+from resnet.contract import CLASSES
 from resnet.selection import BACKENDS, BackendUnavailableError, backend, set_backend
+from resnet.specs import FAMILY
 from resnet.weights import WeightsMismatchError, load_weights, save_weights
 
 __version__ = "0.1.0"
 
-# In a source checkout, backends/ sits beside resnet/ instead of inside it (the installer maps it to
-# resnet.backends). Let the package also look in the checkout's root, so that `resnet.backends` imports
-# from there too, e.g. for `python -m resnet` run in the checkout.
-_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if not os.path.isdir(os.path.join(os.path.dirname(__file__), "backends")) and os.path.isfile(
-    os.path.join(_checkout, "backends", "__init__.py")
+# TEMPORARY (removed when the backends are packages): in a checkout, resnet.backends is found beside resnet/.
+import os as _os  # noqa: E402
+
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "backends")) and _os.path.isfile(
+    _os.path.join(_checkout, "backends", "__init__.py")
 ):
     __path__.append(_checkout)
 
 #: Names looked up in the selected backend's module on first access: the chapter's classes, the family's
-#: blocks, and the family's builder functions (the same names in every backend; see resnet.specs.FAMILY).
-BACKEND_NAMES: tuple[str, ...] = (
-    "Residual",
-    "ResNeXtBlock",
-    "ResNet",
-    "ResNet18",
-    "BasicBlock",
-    "Bottleneck",
-    "PreActBasic",
-    "PreActBottleneck",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "preact_resnet18",
-    "preact_resnet34",
-    "preact_resnet50",
-    "preact_resnet101",
-    "preact_resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-)
+#: blocks, and the family's builder functions (the same names in every backend; see resnet.contract).
+BACKEND_NAMES: tuple[str, ...] = (*CLASSES, *FAMILY)
 
 __all__ = [
     "BACKENDS",

@@ -8,12 +8,14 @@ arrays in NCHW order; the backend converts to and from its native layout.
 from __future__ import annotations
 
 import numbers
+import sys
 from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
 from resnet import selection
+from resnet.specs import BlockSpec, ModelSpec
 
 __all__ = [
     "backend_of",
@@ -23,6 +25,7 @@ __all__ = [
     "num_params",
     "output_shape",
     "random_input",
+    "spec_of",
     "summary_lines",
 ]
 
@@ -44,18 +47,17 @@ def check_input_shape(input_shape: Sequence[int]) -> Shape:
 
 
 def backend_of(model: Any) -> ModuleType:
-    """The backend module that owns ``model``: one already imported, else the selected backend."""
-    for module in selection.loaded_backend_modules():
-        if module.is_native_model(model):
-            return module
-    module = selection.backend_module()
-    if not module.is_native_model(model):
-        raise TypeError(
-            f"{type(model).__module__}.{type(model).__qualname__} is not a model of this package's "
-            f"{module.NAME} backend. Build one with resnet.Residual, resnet.ResNeXtBlock, resnet.ResNet, "
-            "resnet.ResNet18 or the family's builders such as resnet.resnet50 (or from resnet.backends.<name>)."
-        )
-    return module
+    """The backend module that owns ``model``: the backend package one of its classes is defined in (a user's
+    subclass of a backend's ``ResNet`` counts). Imports nothing that the model's creation did not."""
+    for cls in type(model).__mro__:
+        parts = cls.__module__.split(".")
+        if parts[:2] == ["resnet", "backends"] and len(parts) > 2 and hasattr(model, "spec"):
+            return sys.modules[".".join(parts[:3])]
+    raise TypeError(
+        f"{type(model).__module__}.{type(model).__qualname__} is not a model of this package. Build one with "
+        "resnet.Residual, resnet.ResNeXtBlock, resnet.ResNet, resnet.ResNet18 or the family's builders such as "
+        "resnet.resnet50 (or from resnet.backends.<name>)."
+    )
 
 
 def output_shape(model: Any, input_shape: Sequence[int]) -> Shape:
@@ -96,7 +98,7 @@ def macs(model: Any, input_shape: Sequence[int]) -> int:
     ``resnet.shapes.macs``). ``resnet.macs(resnet.resnet50(), (1, 3, 224, 224))`` is 4.09 G."""
     from resnet.shapes import macs as count
 
-    return count(backend_of(model).spec_of(model), check_input_shape(input_shape))
+    return count(spec_of(model), check_input_shape(input_shape))
 
 
 def random_input(input_shape: Sequence[int], seed: int = 0) -> Any:
@@ -129,6 +131,7 @@ def forward(model: Any, x: np.ndarray, training: bool = False) -> np.ndarray:
     return bk.to_numpy(bk.apply(model, _native_input(bk, model, x), bool(training)))
 
 
-def spec_of(model: Any) -> Any:
-    """The architecture description a model of this package was built from."""
-    return backend_of(model).spec_of(model)
+def spec_of(model: Any) -> BlockSpec | ModelSpec:
+    """The architecture description a model of this package was built from (its ``spec``)."""
+    backend_of(model)  # a clear TypeError for anything else
+    return model.spec

@@ -22,7 +22,7 @@ from resnet import specs
 from resnet.shapes import tensor_infos
 from resnet.specs import BasicSpec, BlockSpec, BottleneckSpec, ConvSpec, ModelSpec, ResidualSpec
 
-__all__ = ["Reference", "init_weights", "softmax_cross_entropy"]
+__all__ = ["Reference", "reference_weights", "softmax_cross_entropy"]
 
 
 # -------------------------------------------------------------------------------------- the tape
@@ -333,7 +333,7 @@ class Reference:
         return loss
 
 
-def init_weights(spec: BlockSpec | ModelSpec, input_shape: Sequence[int], seed: int = 0) -> dict[str, np.ndarray]:
+def reference_weights(spec: BlockSpec | ModelSpec, input_shape: Sequence[int], seed: int = 0) -> dict[str, np.ndarray]:
     """Random canonical float32 test weights for a description: He-normal kernels, a small dense layer, small
     biases, BatchNorm scales near 1 and non-trivial running statistics, so that tests exercise every tensor."""
     rng = np.random.default_rng(seed)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 from types import ModuleType
+
+from resnet.registry import BACKENDS, REGISTRY, aliases
 
 __all__ = [
     "BACKENDS",
@@ -19,29 +20,14 @@ __all__ = [
     "backend",
     "backend_module",
     "canonical_backend_name",
-    "loaded_backend_modules",
     "set_backend",
 ]
 
-#: Canonical backend names, in auto-detection order.
-BACKENDS: tuple[str, ...] = ("torch", "tensorflow", "jax", "mxnet")
-
 #: Accepted spellings (lower case) for each canonical name.
-ALIASES: dict[str, str] = {
-    "torch": "torch",
-    "pytorch": "torch",
-    "tensorflow": "tensorflow",
-    "tf": "tensorflow",
-    "keras": "tensorflow",
-    "jax": "jax",
-    "flax": "jax",
-    "mxnet": "mxnet",
-    "gluon": "mxnet",
-    "mx": "mxnet",
-}
+ALIASES: dict[str, str] = aliases()
 
 #: The top-level module whose presence means the framework is installed.
-FRAMEWORK_MODULES: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow", "jax": "flax", "mxnet": "mxnet"}
+FRAMEWORK_MODULES: dict[str, str] = {name: info.framework for name, info in REGISTRY.items()}
 
 #: What to type to install each backend.
 INSTALL_COMMANDS: dict[str, str] = {name: f'pip install "resnet[{name}]"' for name in BACKENDS}
@@ -68,9 +54,9 @@ def canonical_backend_name(name: str) -> str:
     key = name.strip().lower()
     if key not in ALIASES:
         accepted = ", ".join(BACKENDS)
-        aliases = ", ".join(f"{a} -> {c}" for a, c in ALIASES.items() if a != c)
+        spellings = ", ".join(f"{a} -> {c}" for a, c in ALIASES.items() if a != c)
         raise ValueError(
-            f"unknown backend {name!r}. Valid backends: {accepted} (aliases: {aliases}). "
+            f"unknown backend {name!r}. Valid backends: {accepted} (aliases: {spellings}). "
             f"Set {ENV_VAR} or call resnet.set_backend() with one of them."
         )
     return ALIASES[key]
@@ -123,12 +109,12 @@ def backend() -> str:
 def _import_backend(name: str, chosen_by: str) -> ModuleType:
     """Import ``resnet.backends.<name>``, turning any failure into BackendUnavailableError."""
     try:
-        return importlib.import_module(f"resnet.backends.{name}")
+        return importlib.import_module(REGISTRY[name].module)
     except Exception as error:  # mxnet on numpy >= 1.24 raises AttributeError, not ImportError
         raise BackendUnavailableError(
             f"the {name!r} backend (chosen by {chosen_by}) cannot be used: importing its framework failed with "
             f"{type(error).__name__}: {error}. Install it with: {INSTALL_COMMANDS[name]}"
-            + (" (MXNet 1.9.1 needs numpy<1.24)" if name == "mxnet" else "")
+            + (f" ({REGISTRY[name].requirement})" if REGISTRY[name].requirement else "")
         ) from error
 
 
@@ -139,8 +125,3 @@ def backend_module() -> ModuleType:
     module = _import_backend(name, chosen_by)
     _chosen, _chosen_by, _used = name, chosen_by, True
     return module
-
-
-def loaded_backend_modules() -> list[ModuleType]:
-    """The backend modules that are already imported, in canonical order (imports nothing)."""
-    return [sys.modules[f"resnet.backends.{n}"] for n in BACKENDS if f"resnet.backends.{n}" in sys.modules]

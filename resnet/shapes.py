@@ -8,11 +8,10 @@ multiply-adds and ``family_table`` tabulates the ResNet family, from the descrip
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from resnet.specs import (
     FAMILY,
-    BatchNormSpec,
     BlockSpec,
     ConvSpec,
     DenseSpec,
@@ -22,6 +21,7 @@ from resnet.specs import (
     check_block_input,
     check_model_input,
 )
+from resnet.walk import is_statistic, tensors
 
 __all__ = [
     "TensorInfo",
@@ -85,45 +85,24 @@ class TensorInfo(NamedTuple):
     trainable: bool
 
 
-def _layer_tensors(prefix: str, layer: LayerSpec) -> Iterator[tuple[str, TensorInfo]]:
+def _tensor_shape(layer: LayerSpec, kind: str) -> Shape:
     if isinstance(layer, ConvSpec):
-        yield f"{prefix}.weight", TensorInfo(layer.weight_shape(), True)
-        if layer.bias:
-            yield f"{prefix}.bias", TensorInfo((layer.out_channels,), True)
-    elif isinstance(layer, BatchNormSpec):
-        c = (layer.num_features,)
-        yield f"{prefix}.weight", TensorInfo(c, True)
-        yield f"{prefix}.bias", TensorInfo(c, True)
-        yield f"{prefix}.running_mean", TensorInfo(c, False)
-        yield f"{prefix}.running_var", TensorInfo(c, False)
-    elif isinstance(layer, DenseSpec):
-        yield f"{prefix}.weight", TensorInfo((layer.out_features, layer.in_features), True)
-        yield f"{prefix}.bias", TensorInfo((layer.out_features,), True)
-    else:  # pragma: no cover - the spec types are closed
-        raise TypeError(f"unknown layer description {layer!r}")
-
-
-def _block_tensors(prefix: str, block: BlockSpec, in_channels: int) -> Iterator[tuple[str, TensorInfo]]:
-    for name, layer in block.layers(in_channels).items():
-        yield from _layer_tensors(f"{prefix}{name}", layer)
+        return layer.weight_shape() if kind == "weight" else (layer.out_channels,)
+    if isinstance(layer, DenseSpec):
+        return (layer.out_features, layer.in_features) if kind == "weight" else (layer.out_features,)
+    return (layer.num_features,)  # BatchNorm: scale, shift and both statistics
 
 
 def tensor_infos(spec: BlockSpec | ModelSpec, input_shape: Shape) -> dict[str, TensorInfo]:
     """Canonical tensor name -> (shape, trainable) for a block or model fed an NCHW ``input_shape``."""
-    if not isinstance(spec, ModelSpec):
+    if isinstance(spec, ModelSpec):
+        check_model_input(spec, input_shape[1])
+    else:
         block_output_shape(spec, input_shape)
-        return dict(_block_tensors("", spec, input_shape[1]))
-    check_model_input(spec, input_shape[1])
-    infos: dict[str, TensorInfo] = {}
-    for name, layer in spec.stem.layers(input_shape[1]).items():
-        infos.update(_layer_tensors(f"b1.{name}", layer))
-    channels = spec.stem.channels
-    for prefix, block in spec.blocks():
-        infos.update(_block_tensors(f"{prefix}.", block, channels))
-        channels = block.num_channels
-    for name, layer in spec.head.layers(channels).items():
-        infos.update(_layer_tensors(f"last.{name}", layer))
-    return infos
+    return {
+        tensor.name: TensorInfo(_tensor_shape(tensor.layer, tensor.kind), not is_statistic(tensor.name))
+        for tensor in tensors(spec, input_shape[1])
+    }
 
 
 def num_trainable(spec: BlockSpec | ModelSpec, input_shape: Shape) -> int:

@@ -198,7 +198,7 @@ def fit(
             model where it is.
     """
     backend = backend_of(model)
-    spec = backend.spec_of(model)
+    spec = model.spec
     device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     channels = dataset.train_images.shape[1]
     size = config.resize or dataset.train_images.shape[2]

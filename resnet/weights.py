@@ -68,7 +68,7 @@ def save_weights(model: Any, path: str | os.PathLike) -> None:
             "this model has no weights yet: its layers are created on first use. Build it first, for example "
             "with resnet.output_shape(model, input_shape), or train it."
         )
-    spec = backend.spec_of(model)
+    spec = model.spec
     write_weights(
         backend.get_arrays(model),
         path,

@@ -15,7 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from resnet import specs
-from resnet.reference import Reference, init_weights
+from resnet.reference import Reference, reference_weights
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 SGD_LR = 0.1
@@ -111,7 +111,7 @@ FAMILY_GOLDEN_CASES = [*FAMILY_BLOCK_CASES, *SMALL_FAMILY_MODELS]
 def expected_values(case: Case) -> dict[str, np.ndarray]:
     """Everything the reference says a backend must reproduce for ``case``, in float64."""
     spec, inputs = case.spec, case.inputs()
-    weights = init_weights(spec, case.input_shape, seed=len(case.name))
+    weights = reference_weights(spec, case.input_shape, seed=len(case.name))
     out = {"input": inputs["input"], "labels": inputs["labels"]}
     out.update({f"weights/{k}": v for k, v in weights.items()})
     out["inference"] = Reference(spec, weights).forward(inputs["input"])

@@ -13,9 +13,9 @@ import os
 
 import pytest
 
-from resnet.selection import BACKENDS, FRAMEWORK_MODULES
+from resnet.registry import BACKENDS, REGISTRY
 
-FOUND = [name for name in BACKENDS if importlib.util.find_spec(FRAMEWORK_MODULES[name]) is not None]
+FOUND = [name for name in BACKENDS if importlib.util.find_spec(REGISTRY[name].framework) is not None]
 REQUIRED = [name.strip() for name in os.environ.get("RESNET_TEST_BACKENDS", "").split(",") if name.strip()]
 INSTALLED = [name for name in BACKENDS if name in REQUIRED] if REQUIRED else FOUND
 
@@ -45,7 +45,7 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def rn(backend_name: str):
     """The backend module under test, imported directly (no global backend choice involved)."""
-    return importlib.import_module(f"resnet.backends.{backend_name}")
+    return importlib.import_module(REGISTRY[backend_name].module)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ rather than with our backends lets the book's package live in an environment of 
 versions it needs (numpy 1.23.5, tensorflow-cpu 2.17.1, jax 0.4.23, flax 0.8.4, mxnet 1.9.1, torch 2.13.0:
 ``tests/d2l-requirements.txt``), where our backends are neither installed nor needed. Run it with ``nox -s d2l``.
 
-For each case the canonical weights of ``resnet.reference.init_weights`` (BatchNorm running statistics
+For each case the canonical weights of ``resnet.reference.reference_weights`` (BatchNorm running statistics
 included) are written into the book's block in each framework's own layout (torch and Gluon OIHW, Keras and
 Flax HWIO kernels; Keras ``gamma``/``beta``/``moving_mean``/``moving_variance``, Flax ``scale``/``bias`` and
 ``batch_stats``, Gluon ``gamma``/``beta``/``running_mean``/``running_var``), every tensor of the block is
@@ -78,7 +78,7 @@ else:
                     allow_module_level=True)
 
 from resnet import reference, specs  # noqa: E402
-from resnet.reference import Reference, init_weights  # noqa: E402
+from resnet.reference import Reference, reference_weights  # noqa: E402
 from resnet.shapes import tensor_infos  # noqa: E402
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet")
@@ -124,7 +124,7 @@ class BookCase:
         return self.spec.strides == 2 and any(size % 2 == 0 for size in self.input_shape[2:])
 
     def weights(self) -> dict[str, np.ndarray]:
-        return init_weights(self.spec, self.input_shape, seed=len(self.name))
+        return reference_weights(self.spec, self.input_shape, seed=len(self.name))
 
     def input(self) -> np.ndarray:
         return np.random.default_rng(sum(map(ord, self.name))).standard_normal(self.input_shape).astype(np.float32)

@@ -19,7 +19,7 @@ import resnet
 from cases import FAMILY_BLOCK_CASES, FAMILY_GOLDEN_CASES, SGD_LR, SMALL_FAMILY_MODELS, expected_values, golden, section
 from resnet import specs
 from resnet.models import MODELS, build_model, model_entry
-from resnet.reference import Reference, init_weights
+from resnet.reference import Reference, reference_weights
 from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
 from resnet.weights import read_weights
 from test_numerics import assert_close, assert_grads_close, loaded, tolerance
@@ -160,8 +160,8 @@ def test_wrong_input_channels_is_clear(rn):
 
 def test_registry_builds_for_the_data(rn):
     model = build_model("resnet34", rn, num_classes=10, in_channels=1)  # as `resnet train --model resnet34` does
-    assert rn.spec_of(model) == specs.family_spec("resnet34", 10, 1)
-    assert rn.spec_of(build_model("resnet18", rn)) == specs.book_resnet(specs.RESNET18_ARCH, 10)
+    assert model.spec == specs.family_spec("resnet34", 10, 1)
+    assert build_model("resnet18", rn).spec == specs.book_resnet(specs.RESNET18_ARCH, 10)
 
 
 def test_cli_family_prints_the_table(capsys):
@@ -249,7 +249,7 @@ def reference_run(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndar
     dense layer is rescaled to make the logits of order 1, where an absolute tolerance of 1e-4 is meaningful.
     """
     spec, shape = specs.family_spec(name), (2, 3, 32, 32)
-    weights = init_weights(spec, shape, seed=5)
+    weights = reference_weights(spec, shape, seed=5)
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     bias = weights["last.fc.bias"].astype(np.float64)
     logits = Reference(spec, weights).forward(x) - bias
@@ -272,7 +272,7 @@ def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
     """At 32x32: parameters (torchvision's), multiply-adds, the layer summary (an inference-mode forward pass),
     a training-mode forward and backward pass, and a neutral weights file loaded into a fresh model."""
     model = getattr(rn, name)()
-    spec = rn.spec_of(model)
+    spec = model.spec
     expected = TORCHVISION[name][0] if name in TORCHVISION else num_trainable(spec, TINY)
     assert resnet.num_params(model, TINY) == expected
     assert resnet.macs(model, IMAGENET) == macs(spec, IMAGENET)

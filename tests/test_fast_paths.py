@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from resnet import specs
+from resnet.registry import REGISTRY
 from resnet.data import Batches, prefetch, random_like_fashion_mnist
 from resnet.init import initial_weights
 from resnet.training import evaluate
@@ -45,7 +45,7 @@ def test_device_is_reported(rn):
 
 def test_mixed_precision_steps_in_bfloat16_with_float32_weights(rn, backend_name):
     x, labels = _batch()
-    if backend_name not in specs.MIXED_PRECISION_BACKENDS:
+    if not REGISTRY[backend_name].mixed_precision:
         with pytest.raises(ValueError, match=f"available in the torch and jax backends, not in {backend_name}"):
             rn.make_train_step(_small_model(rn, x.shape), 0.1, mixed_precision=True)
         with pytest.raises(ValueError, match="CPU-only"):
@@ -67,8 +67,8 @@ def test_mixed_precision_steps_in_bfloat16_with_float32_weights(rn, backend_name
 
 def test_mixed_precision_is_checked(rn, backend_name):
     model = _small_model(rn, (2, 1, 16, 16), dtype="float64")
-    expected = ("bfloat16 with float32 weights, but this model is float64" if backend_name in
-                specs.MIXED_PRECISION_BACKENDS else f"not in {backend_name}, whose build here is CPU-only")
+    expected = ("bfloat16 with float32 weights, but this model is float64" if REGISTRY[backend_name].mixed_precision
+                else f"not in {backend_name}, whose build here is CPU-only")
     with pytest.raises(ValueError, match=expected):
         rn.make_train_step(model, 0.1, mixed_precision=True)
     with pytest.raises(TypeError, match="mixed_precision must be True or False, got 'bf16'"):

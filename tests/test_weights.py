@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 import resnet
 from cases import GOLDEN_CASES, SMALL_RESNET, golden, section
 from resnet import specs
-from resnet.reference import init_weights
+from resnet.reference import reference_weights
 from resnet.shapes import tensor_infos
 from resnet.weights import read_weights
 
@@ -89,7 +89,7 @@ def test_wrong_dtype_is_a_mismatch(rn, tmp_path):
 def test_precisions_convert_both_ways(rn, tmp_path):
     """A float64 model saves float64; each precision's file loads into the other's model, converted."""
     arch, classes = SMALL_RESNET.args
-    weights = init_weights(specs.book_resnet(arch, classes), (1, 1, 8, 8), seed=2)
+    weights = reference_weights(specs.book_resnet(arch, classes), (1, 1, 8, 8), seed=2)
     wide = rn.ResNet(arch, classes, dtype="float64")
     resnet.output_shape(wide, (1, 1, 8, 8))
     rn.set_arrays(wide, {name: value.astype(np.float64) + 1e-12 for name, value in weights.items()})

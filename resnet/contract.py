@@ -1,0 +1,244 @@
+"""The backend contract, declared once: what every package under ``resnet.backends`` provides.
+
+A backend is a package ``resnet.backends.<name>`` (source: ``backends/<name>/``) registered by one line in
+``resnet.registry``, which also holds what it declares about itself (layout, mixed precision, GPU). Every
+backend has the same modules, holding the same kind of thing:
+
+============  ==================================================================================================
+``layers``    the framework's layers built from layer descriptions (``make_layer``), the projection ``Shortcut``,
+              the per-framework numerics fixes and fast paths
+``blocks``    ``Residual``, ``ResNeXtBlock``, ``BasicBlock``, ``Bottleneck``, ``PreActBasic``,
+              ``PreActBottleneck``: the framework's own module classes, with the book's names and signatures
+``models``    ``ResNet``, ``ResNet18`` and the family's builders (``resnet18()`` ... ``resnext101_32x8d()``)
+``hooks``     the hooks below that the common API (``resnet.api``, ``resnet.weights``) calls
+``train``     ``make_train_step`` and ``make_predict``, on the framework's usual fast path
+``stock``     the benchmark's reference: the chapter's model written plainly with the framework's stock layers
+============  ==================================================================================================
+
+Every block and model has a ``spec`` attribute, its description (``resnet.specs``); the common API finds a
+model's backend from its class (``resnet.api.backend_of``). Arrays cross the hooks as NumPy arrays in NCHW order
+with canonical names and layouts (``resnet.walk``, ``resnet.layouts``), or as the backend's native tensors
+where a hook says so.
+
+The hooks are written in each backend's ``hooks`` and ``train`` modules under ``@hook``, which gives them the
+docstrings of ``Hooks`` below and checks their parameters against it. ``contract_problems(module)`` lists what a
+backend lacks; the contract test runs it on every backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from resnet.registry import REGISTRY, BackendInfo
+
+__all__ = [
+    "CLASSES",
+    "HOOKS",
+    "Hooks",
+    "check_mixed_precision",
+    "contract_problems",
+    "declared",
+    "export",
+    "hook",
+]
+
+#: The model classes every backend defines, with the book's names.
+CLASSES = ("Residual", "ResNeXtBlock", "BasicBlock", "Bottleneck", "PreActBasic", "PreActBottleneck", "ResNet",
+           "ResNet18")
+
+Model = Any  # a backend's native block or model
+Native = Any  # a backend's native tensor
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Hooks:
+    """The functions every backend module provides, with what each must do. ``model`` is one of the backend's
+    blocks or models; "canonical" means canonical names (``resnet.walk``) and layouts (``resnet.layouts``)."""
+
+    @staticmethod
+    def to_native(x: np.ndarray, dtype: str = "float32") -> Native:
+        """An NCHW NumPy array as a native tensor of ``dtype``, in the backend's layout (NHWC backends transpose
+        4-D arrays; other arrays keep their shape)."""
+
+    @staticmethod
+    def to_numpy(y: Native) -> np.ndarray:
+        """A native tensor as a NumPy array, 4-D ones in NCHW order (the inverse of ``to_native``)."""
+
+    @staticmethod
+    def dtype_of(model: Model) -> str:
+        """The precision of the model's weights and computation: ``"float32"`` or ``"float64"``."""
+
+    @staticmethod
+    def device_of(model: Model) -> str:
+        """Where the model's weights are, as ``"<type>:<index>"``: ``"cpu:0"``, ``"cuda:0"``, ``"gpu:0"``."""
+
+    @staticmethod
+    def to_accelerator(model: Model) -> str:
+        """Move the model to a GPU when the framework sees one and has to be told (frameworks that place arrays
+        by themselves leave it where it is); returns ``device_of(model)``. Inputs follow the model."""
+
+    @staticmethod
+    def is_built(model: Model) -> bool:
+        """True once every layer knows its input size and has its weights."""
+
+    @staticmethod
+    def build(model: Model, input_shape: tuple[int, ...]) -> None:
+        """Create the weights of a model's layers for an NCHW input shape, leaving BatchNorm statistics at their
+        initial values; a no-op once built."""
+
+    @staticmethod
+    def apply(model: Model, x: Native, training: bool) -> Native:
+        """Run the model on a native batch (building it first if needed). In training mode BatchNorm normalizes
+        with the batch statistics and moves its running averages towards them, once, as a training step does
+        (with the biased batch variance and ``resnet.specs.BN_MOMENTUM``); in inference mode it uses the running
+        averages and changes nothing."""
+
+    @staticmethod
+    def part_outputs(model: Model, x: Native) -> list[tuple[str, Native]]:
+        """(name, output) of each top-level part of a ResNet (``b1``, the stages, ``last``), in inference mode;
+        one entry, named after the class, for a single block."""
+
+    @staticmethod
+    def trainable_count(model: Model) -> int:
+        """The number of trainable parameters, counted by the framework (BatchNorm statistics excluded)."""
+
+    @staticmethod
+    def get_arrays(model: Model) -> dict[str, np.ndarray]:
+        """Every weight and BatchNorm statistic as canonical name -> NumPy copy in canonical layout, in the
+        model's precision."""
+
+    @staticmethod
+    def set_arrays(model: Model, arrays: dict[str, np.ndarray]) -> None:
+        """Assign canonical arrays (already checked against ``get_arrays`` by the caller: same names and shapes)
+        to the model's tensors, converted to the model's precision, in place: a compiled or hybridized
+        model sees the new values."""
+
+    @staticmethod
+    def vjp(model: Model, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The training-mode output for an NCHW batch, and the gradients of ``sum(output * output_grad)`` with
+        respect to every trainable tensor (canonical name -> canonical layout; zeros for a tensor the output
+        does not depend on). BatchNorm updates its running averages once, as in a training step."""
+
+    @staticmethod
+    def make_train_step(
+        model: Model, lr: float, compile: bool = False, mixed_precision: bool = False
+    ) -> Callable[..., float | Callable[[], float]]:
+        """A function ``step(x, labels, wait=True)`` taking one plain SGD step (the book's optimizer, learning
+        rate ``lr``) on the mean softmax cross-entropy of an NCHW NumPy batch and its integer labels, with
+        BatchNorm in training mode; it returns the loss. With ``wait=False`` it returns at once a function that
+        waits for the step and gives its loss, so that a loop can prepare the next batch meanwhile.
+
+        ``compile=True`` asks for the framework's optional compiler (``torch.compile``); backends whose step is
+        always compiled accept and ignore it. ``mixed_precision=True`` computes in bfloat16 with float32 weights
+        and BatchNorm statistics where the backend declares it (``check_mixed_precision``), else ValueError."""
+
+    @staticmethod
+    def make_predict(model: Model, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+        """A function returning the model's inference-mode outputs (NumPy, NCHW or (N, classes), in the model's
+        precision) for an NCHW NumPy batch, on the framework's fast path; ``mixed_precision`` as in
+        ``make_train_step``."""
+
+
+#: The hooks' names, in the order ``Hooks`` declares them.
+HOOKS: tuple[str, ...] = tuple(name for name in vars(Hooks) if not name.startswith("_"))
+
+
+def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any]]:
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def _call_form(name: str, function: Callable[..., Any]) -> str:
+    """``name(a, b=1)``: the parameters that the contract fixes, without annotations."""
+    shown = [p if default is inspect.Parameter.empty else f"{p}={default!r}" for p, default in _parameters(function)]
+    return f"{name}({', '.join(shown)})"
+
+
+def hook(function: F) -> F:
+    """Mark a backend function as the contract's hook of the same name: it takes the contract's docstring (a
+    docstring of its own follows it, for what is particular to the framework), and its parameters must have the
+    contract's names and defaults (TypeError at import otherwise)."""
+    declared_hook = getattr(Hooks, function.__name__, None)
+    if declared_hook is None:
+        raise TypeError(f"{function.__qualname__} is not a hook of the contract; the hooks are {', '.join(HOOKS)}")
+    if _parameters(function) != _parameters(declared_hook):
+        raise TypeError(
+            f"{function.__module__}.{_call_form(function.__qualname__, function)} does not match the contract's "
+            f"{_call_form(function.__name__, declared_hook)} (resnet.contract.Hooks)"
+        )
+    own = inspect.cleandoc(function.__doc__) if function.__doc__ else ""
+    function.__doc__ = inspect.cleandoc(declared_hook.__doc__ or "") + (f"\n\nIn this backend: {own}" if own else "")
+    return function
+
+
+def declared(module_name: str) -> BackendInfo:
+    """The declaration (``resnet.registry``) of the backend that the module ``module_name`` belongs to, e.g.
+    ``declared(__name__)`` in ``resnet.backends.torch.hooks``."""
+    parts = module_name.split(".")
+    if parts[:2] != ["resnet", "backends"] or len(parts) < 3 or parts[2] not in REGISTRY:
+        raise ValueError(
+            f"{module_name!r} is not inside a registered backend package (resnet.backends.<name>, with <name> one "
+            f"of {', '.join(REGISTRY)}); register the backend in resnet.registry"
+        )
+    return REGISTRY[parts[2]]
+
+
+def export(namespace: dict[str, Any], *modules: ModuleType) -> list[str]:
+    """Fill a backend package's namespace: its declaration (``INFO``, ``NAME``, ``LAYOUT``) and every public
+    name of ``modules`` (their ``__all__``); returns the names for the package's ``__all__``."""
+    info = declared(namespace["__name__"])
+    namespace.update(INFO=info, NAME=info.name, LAYOUT=info.layout)
+    names: list[str] = []
+    for module in modules:
+        for name in module.__all__:
+            namespace[name] = getattr(module, name)
+            names.append(name)
+    return names
+
+
+def contract_problems(module: ModuleType) -> list[str]:
+    """What ``module`` (a backend package) lacks or gets wrong against the contract, one line each; empty when
+    it provides everything: its declaration, the model classes, the family's builders and every hook with the
+    contract's parameters."""
+    from resnet.specs import FAMILY
+
+    name = getattr(module, "__name__", repr(module))
+    problems = []
+    info = REGISTRY.get(getattr(module, "NAME", None))  # type: ignore[arg-type]
+    if info is None or f"resnet.backends.{info.name}" != name:
+        problems.append(f"{name}: NAME is {getattr(module, 'NAME', None)!r}, not its registered name")
+    elif getattr(module, "LAYOUT", None) != info.layout:
+        problems.append(f"{name}: LAYOUT is {getattr(module, 'LAYOUT', None)!r}, but it is registered as {info.layout}")
+    for public in (*CLASSES, *FAMILY):
+        if not callable(getattr(module, public, None)):
+            problems.append(f"{name}: missing {public}")
+    for hook_name in HOOKS:
+        function, declared_hook = getattr(module, hook_name, None), getattr(Hooks, hook_name)
+        if not callable(function):
+            problems.append(f"{name}: missing hook {_call_form(hook_name, declared_hook)}")
+        elif _parameters(function) != _parameters(declared_hook):
+            problems.append(f"{name}: hook {_call_form(hook_name, function)} does not match the contract's "
+                            f"{_call_form(hook_name, declared_hook)}")
+    return problems
+
+
+def check_mixed_precision(backend: str, dtype: str, mixed_precision: bool) -> str:
+    """The model precision ``dtype``, after checking that ``mixed_precision`` (bfloat16 computation, float32
+    weights) is a bool that the backend (its registered name) and the model support."""
+    if not isinstance(mixed_precision, bool):
+        raise TypeError(f"mixed_precision must be True or False, got {mixed_precision!r}")
+    if mixed_precision and not REGISTRY[backend].mixed_precision:
+        able = " and ".join(name for name, info in REGISTRY.items() if info.mixed_precision)
+        raise ValueError(
+            f"mixed precision (bfloat16) is available in the {able} backends, not in {backend}, whose build here "
+            "is CPU-only; train without it, or select one of those backends"
+        )
+    if mixed_precision and dtype != "float32":
+        raise ValueError(
+            f"mixed precision computes in bfloat16 with float32 weights, but this model is {dtype}; build it with "
+            "dtype='float32', or train without mixed precision"
+        )
+    return dtype

@@ -1,0 +1,189 @@
+"""The ResNet family of the chapter's exercises as data: ResNet-18 to -152, their pre-activation versions and
+ResNeXt-50 and -101, in torchvision's convention, and the builder functions every backend exports.
+
+torchvision's convention: no convolution biases before BatchNorm, BatchNorm in the projection shortcut, and the
+stride of a bottleneck on its 3x3 convolution ("ResNet v1.5"); the paper's placement, on the first 1x1
+convolution, is an option (``stride_in_1x1=True``).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from resnet.specs.blocks import BLOCK_KINDS, EXPANSION, BlockSpec, basic, bottleneck
+from resnet.specs.models import HeadSpec, ModelSpec, StemSpec
+from resnet.specs.validation import flag, positive_int
+
+__all__ = ["FAMILY", "IMAGENET_WIDTHS", "FamilyModel", "family_builders", "family_spec", "resnet_spec"]
+
+
+#: Channels of the four stages of the ImageNet ResNets (``planes``: a bottleneck stage outputs 4x these).
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+
+
+def resnet_spec(
+    block: str,
+    depths: Sequence[int],
+    widths: Sequence[int] = IMAGENET_WIDTHS,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    groups: int = 1,
+    base_width: int = 64,
+    stride_in_1x1: bool = False,
+    stem_channels: int = 64,
+) -> ModelSpec:
+    """An ImageNet-style ResNet as torchvision builds it: the stem (7x7/2 convolution without bias, BN, ReLU,
+    3x3/2 max pooling), one stage per entry of ``depths`` (``b2``, ``b3``...) and the head (global average
+    pooling, dense; with BN and ReLU first in a pre-activation model).
+
+    Each stage's first block has stride 2 (stride 1 in the first stage) and a projection shortcut when the
+    stride or the channels change; the rest have identity shortcuts.
+
+    Args:
+        block: one of ``BLOCK_KINDS``: ``"basic"``, ``"bottleneck"``, ``"preact_basic"``, ``"preact_bottleneck"``.
+        depths: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        widths: channels (``planes``) per stage; a bottleneck stage outputs ``EXPANSION`` times as many.
+        num_classes: outputs of the dense layer.
+        in_channels: channels of the input images.
+        groups, base_width: the bottleneck's cardinality and per-group width at ``planes=64`` (ResNeXt).
+        stride_in_1x1: the paper's stride placement in bottlenecks (torchvision's, on the 3x3, by default).
+        stem_channels: output channels of the stem's convolution.
+    """
+    if block not in BLOCK_KINDS:
+        raise ValueError(f"block must be one of {', '.join(BLOCK_KINDS)}; got {block!r}")
+    depths = tuple(positive_int(d, "each stage depth") for d in depths)
+    widths = tuple(positive_int(w, "each stage width") for w in widths)
+    if not depths or len(depths) != len(widths):
+        raise ValueError(f"depths and widths need one entry per stage, got {len(depths)} and {len(widths)}")
+    preact = block.startswith("preact_")
+    channels = positive_int(stem_channels, "stem_channels")
+    stages = []
+    for index, (depth, width) in enumerate(zip(depths, widths)):
+        blocks: list[BlockSpec] = []
+        for i in range(depth):
+            strides = 2 if i == 0 and index > 0 else 1
+            if block.endswith("bottleneck"):
+                out = EXPANSION * width
+                spec: BlockSpec = bottleneck(
+                    width, strides != 1 or channels != out, strides, groups, base_width, stride_in_1x1, preact
+                )
+            else:
+                spec = basic(width, strides != 1 or channels != width, strides, preact)
+            blocks.append(spec)
+            channels = spec.num_channels
+        stages.append((f"b{index + 2}", tuple(blocks)))
+    return ModelSpec(
+        StemSpec(channels=stem_channels, conv_bias=False, in_channels=positive_int(in_channels, "in_channels")),
+        tuple(stages),
+        HeadSpec(positive_int(num_classes, "num_classes"), preact=preact),
+    )
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    """One model of the ResNet family as data: what ``spec()`` needs to describe it, and who defined it.
+
+    ``name`` is the builder's name in every backend (``resnet.resnet50``...) and in ``resnet summary``.
+    """
+
+    name: str
+    title: str
+    block: str
+    depths: tuple[int, ...]
+    groups: int = 1
+    base_width: int = 64
+    widths: tuple[int, ...] = IMAGENET_WIDTHS
+    source: str = "He et al. 2016, Table 1"
+
+    def spec(self, num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ModelSpec:
+        """The model's description for ``num_classes`` outputs and ``in_channels`` input channels."""
+        return resnet_spec(
+            self.block, self.depths, self.widths, num_classes, in_channels, self.groups, self.base_width,
+            flag(stride_in_1x1, "stride_in_1x1"),
+        )
+
+    def builder(self, model_class: Callable[..., Any]) -> Callable[..., Any]:
+        """This model's builder function (``resnet50()``...) for a backend whose ``ResNet`` is ``model_class``:
+        the same name, signature and docstring in every backend."""
+
+        def build(
+            num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+        ) -> Any:
+            return model_class(spec=self.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
+
+        build.__name__ = build.__qualname__ = self.name
+        build.__doc__ = self.docstring
+        return build
+
+    @property
+    def docstring(self) -> str:
+        """The builder functions' docstring, the same in every backend."""
+        bottleneck = self.block.endswith("bottleneck")
+        blocks = "bottleneck blocks" if bottleneck else "basic blocks"
+        title = f"{self.title} ({self.source}): {blocks} {{{', '.join(map(str, self.depths))}}}"
+        if self.groups > 1:
+            title += f" with grouped 3x3 convolutions (cardinality {self.groups}, base width {self.base_width})"
+        if self.block.startswith("preact"):
+            body = (
+                "Pre-activation (ResNet v2): BN and ReLU before each convolution, nothing after the additions, and "
+                "a final BN and ReLU before the pooling. Projection shortcuts are bare 1x1 convolutions on the "
+                "pre-activated input. No convolution biases."
+            )
+        else:
+            body = "torchvision's convention: no convolution biases, BN in the projection shortcuts."
+        if bottleneck:
+            body += (
+                " The stride of a bottleneck sits on its 3x3 convolution, as in torchvision (\"ResNet v1.5\"); "
+                "``stride_in_1x1=True`` puts it on the first 1x1 convolution, as the paper does."
+            )
+        body += (
+            " The stem is a 7x7/2 convolution, BN, ReLU and 3x3/2 max pooling; the head global average pooling and "
+            "a dense layer. Parts: ``b1`` (stem), ``b2``-``b5`` (stages), ``last`` (head)."
+        )
+        args = [
+            "num_classes: outputs of the dense layer (ImageNet's 1000 by default).",
+            "in_channels: channels of the input images (3 by default).",
+            "stride_in_1x1: the paper's stride placement" + (
+                " (on the first 1x1 convolution)." if bottleneck else "; no effect on basic blocks."),
+            "dtype: \"float32\" (the default) or \"float64\", the precision of the weights and the computation.",
+        ]
+        wrap = lambda text, indent: textwrap.fill(text, 104, initial_indent=indent, subsequent_indent=indent)  # noqa
+        return "\n\n".join(
+            [title + ".", wrap(body, "    "), "    Args:\n" + "\n".join(wrap(a, "        ") for a in args)]
+        ) + "\n"
+
+
+def _family() -> dict[str, FamilyModel]:
+    v2 = "He et al. 2016, Identity Mappings in Deep Residual Networks"
+    resnext = "Xie et al. 2017, Aggregated Residual Transformations"
+    depths = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+    models = [
+        *(FamilyModel(f"resnet{n}", f"ResNet-{n}", "basic" if n < 50 else "bottleneck", d) for n, d in depths.items()),
+        *(
+            FamilyModel(f"preact_resnet{n}", f"Pre-activation ResNet-{n}", "preact_basic" if n < 50 else
+                        "preact_bottleneck", d, source=v2)
+            for n, d in depths.items()
+        ),
+        FamilyModel("resnext50_32x4d", "ResNeXt-50 (32x4d)", "bottleneck", depths[50], 32, 4, source=resnext),
+        FamilyModel("resnext101_32x8d", "ResNeXt-101 (32x8d)", "bottleneck", depths[101], 32, 8, source=resnext),
+    ]
+    return {model.name: model for model in models}
+
+
+#: The family by builder name, in the order every backend lists its builders.
+FAMILY: dict[str, FamilyModel] = _family()
+
+
+def family_spec(name: str, num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False) -> ModelSpec:
+    """The description of the family's model ``name`` (e.g. ``"resnet50"``); ValueError listing the names."""
+    if name not in FAMILY:
+        raise ValueError(f"unknown model {name!r}; the family: {', '.join(FAMILY)}")
+    return FAMILY[name].spec(num_classes, in_channels, stride_in_1x1)
+
+
+def family_builders(model_class: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
+    """Every builder function of the family (``resnet18()`` ... ``resnext101_32x8d()``) for a backend whose
+    ``ResNet`` is ``model_class``, by name, in ``FAMILY``'s order: what each backend exports."""
+    return {name: model.builder(model_class) for name, model in FAMILY.items()}

@@ -1,0 +1,138 @@
+"""Model descriptions: the stem ``b1``, named stages of blocks, the head ``last``; the book's ResNet.
+
+A model description lists its top-level parts by the book's names (``b1`` the stem, ``b2``... the stages,
+``last`` the head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from resnet.specs.blocks import BlockSpec, ResidualSpec, residual
+from resnet.specs.layers import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec, PoolSpec
+from resnet.specs.validation import flag, positive_int
+
+__all__ = [
+    "RESNET18_ARCH", "HeadSpec", "ModelSpec", "StemSpec", "book_resnet", "book_stage", "check_model_input",
+    "model_spec",
+]
+
+#: The book's ResNet-18: (number of residual blocks, channels) for each of the four stages.
+RESNET18_ARCH: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (2, 256), (2, 512))
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """The book's ``b1``: 7x7 convolution (stride 2), BatchNorm, ReLU, 3x3 max pooling (stride 2).
+
+    ``in_channels`` None (the book's models) takes whatever channels the first input has; the family's
+    models fix it, and an input with other channels is a ValueError.
+    """
+
+    channels: int = 64
+    conv_bias: bool = True
+    in_channels: int | None = None
+
+    @property
+    def pool(self) -> PoolSpec:
+        """The max pooling at the end of the stem."""
+        return PoolSpec(3, 2, 1)
+
+    def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
+        """Canonical name -> layer."""
+        return {
+            "conv": ConvSpec(self.channels, 7, 2, 3, bias=self.conv_bias, in_channels=in_channels or self.in_channels),
+            "bn": BatchNormSpec(self.channels),
+        }
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The book's ``last``: global average pooling, flatten, and a dense layer to the classes.
+
+    ``preact=True`` (the pre-activation models) starts it with the final BN and ReLU of ResNet v2, which
+    the last block's addition leaves unnormalized: BN, ReLU, global average pooling, dense.
+    """
+
+    num_classes: int
+    preact: bool = False
+
+    def layers(self, in_features: int | None = None) -> dict[str, LayerSpec]:
+        """Canonical name -> layer."""
+        fc: dict[str, LayerSpec] = {"fc": DenseSpec(self.num_classes, in_features)}
+        return {"bn": BatchNormSpec(in_features), **fc} if self.preact else fc
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole network: the stem ``b1``, named stages of blocks, and the head ``last``."""
+
+    stem: StemSpec
+    stages: tuple[tuple[str, tuple[BlockSpec, ...]], ...]
+    head: HeadSpec
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The top-level parts in order, as the layer summary lists them."""
+        return ("b1", *(name for name, _ in self.stages), "last")
+
+    def blocks(self) -> Iterator[tuple[str, BlockSpec]]:
+        """(canonical prefix, block) for every block, e.g. ("b2.0", ResidualSpec(...))."""
+        for stage_name, blocks in self.stages:
+            for index, block in enumerate(blocks):
+                yield f"{stage_name}.{index}", block
+
+
+def model_spec(
+    arch: Sequence[Sequence[int]] | None = None, num_classes: int = 10, spec: ModelSpec | None = None
+) -> ModelSpec:
+    """The description a backend's ``ResNet(arch, num_classes, spec=...)`` builds: the book's ``ResNet(arch)``
+    when ``spec`` is None, else ``spec`` (the family's builders pass one). Both may be given only if they agree."""
+    if spec is None:
+        return book_resnet(arch, num_classes)  # type: ignore[arg-type]
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(
+            f"spec must be a resnet.specs.ModelSpec, e.g. resnet.specs.family_spec('resnet50'); got {spec!r}"
+        )
+    if arch is not None and book_resnet(arch, num_classes) != spec:
+        raise ValueError("give arch (the book's ResNet) or spec (any ModelSpec), not both")
+    return spec
+
+
+
+def book_stage(num_residuals: int, num_channels: int, first_block: bool = False) -> tuple[ResidualSpec, ...]:
+    """The book's ``ResNet.block``: the first block halves the size and changes channels, unless first."""
+    num_residuals = positive_int(num_residuals, "num_residuals")
+    first_block = flag(first_block, "first_block")
+    return tuple(
+        residual(num_channels, use_1x1conv=True, strides=2) if i == 0 and not first_block else residual(num_channels)
+        for i in range(num_residuals)
+    )
+
+
+def book_resnet(arch: Sequence[Sequence[int]], num_classes: int = 10) -> ModelSpec:
+    """The book's ``ResNet(arch)``: ``arch`` holds one (num_residuals, num_channels) pair per stage."""
+    try:
+        pairs = [tuple(pair) for pair in arch]
+    except TypeError:
+        pairs = None
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise ValueError(
+            "arch must be a non-empty sequence of (num_residuals, num_channels) pairs, e.g. "
+            f"{RESNET18_ARCH} for ResNet-18; got {arch!r}"
+        )
+    stages = tuple(
+        (f"b{i + 2}", book_stage(n, c, first_block=(i == 0))) for i, (n, c) in enumerate(pairs)
+    )
+    return ModelSpec(StemSpec(), stages, HeadSpec(positive_int(num_classes, "num_classes")))
+
+
+def check_model_input(spec: ModelSpec, in_channels: int) -> None:
+    """Raise ValueError when a model made for a number of input channels gets another."""
+    expected = spec.stem.in_channels
+    if expected is not None and in_channels != expected:
+        raise ValueError(
+            f"this model was built for {expected} input channels, but the input has {in_channels}; build it "
+            f"with in_channels={in_channels} (e.g. resnet50(in_channels={in_channels})) or feed {expected} channels"
+        )
