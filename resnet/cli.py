@@ -18,7 +18,8 @@ from typing import Sequence
 from resnet import selection
 from resnet.data import DATASETS
 from resnet.models import MODELS, build_model, model_entry
-from resnet.specs import DTYPES, check_mixed_precision
+from resnet.contract import check_mixed_precision
+from resnet.specs import DTYPES
 
 __all__ = ["main"]
 
@@ -113,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--resume: there is no run to resume in {out} (no last.safetensors); drop --resume")
     _check_writable(out)
     backend = selection.backend_module()
-    check_mixed_precision(args.dtype, args.mixed_precision, backend.NAME)  # before the data set is loaded
+    check_mixed_precision(backend.NAME, args.dtype, args.mixed_precision)  # before the data set is loaded
     dataset = load_dataset(args.dataset, args.data_dir)
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype)
     print(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")

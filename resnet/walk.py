@@ -8,7 +8,9 @@ cannot disagree about names or order:
 * ``layers(spec)``: (path, layer description) of every layer with tensors, in the order the model runs them;
 * ``tensors(spec)``: every canonical tensor with its layer's path and kind;
 * ``native_tensors(spec, root, child, attributes)``: a backend's native tensors by canonical name, given how to
-  step from a native module to its child (``child``) and which attribute holds each kind of tensor.
+  step from a native module to its child (``child``) and which attribute holds each kind of tensor;
+* ``attach_layers(block, spec, make_layer, make_shortcut)``: a native block's layers created as attributes named
+  by those paths, so that the native tree mirrors them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
-from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec, ModelSpec
+from resnet.specs import (
+    PROJECTION_ATTRIBUTES,
+    BatchNormSpec,
+    BlockSpec,
+    ConvSpec,
+    DenseSpec,
+    LayerSpec,
+    ModelSpec,
+)
 
-__all__ = ["STATISTICS", "Tensor", "is_statistic", "layer_tensor_kinds", "layers", "native_tensors", "tensors"]
+__all__ = ["STATISTICS", "Tensor", "attach_layers", "is_statistic", "layer_tensor_kinds", "layers", "native_tensors", "tensors"]
 
 Path = tuple[str, ...]
 
@@ -106,3 +116,24 @@ def native_tensors(
         for kind in layer_tensor_kinds(layer):
             found[".".join((*path, kind))] = getattr(module, attributes[type(layer)][kind])
     return found
+
+
+def attach_layers(
+    block: Any,
+    spec: BlockSpec,
+    make_layer: Callable[[LayerSpec], Any],
+    make_shortcut: Callable[[ConvSpec, bool], Any],
+) -> None:
+    """Create a native block's layers as attributes named as in its description (``conv1``, ``bn1``, ...), so
+    that the native tree mirrors the canonical paths. The layers of a projection shortcut, ``downsample.conv`` and
+    ``downsample.bn``, go into one module ``downsample = make_shortcut(conv, has_bn)``; the attributes that only
+    a projection shortcut has (``PROJECTION_ATTRIBUTES``) are None in a block without one."""
+    layers = spec.layers()
+    for name, layer in layers.items():
+        if "." not in name:
+            setattr(block, name, make_layer(layer))
+    if "downsample.conv" in layers:
+        block.downsample = make_shortcut(layers["downsample.conv"], "downsample.bn" in layers)
+    for name in PROJECTION_ATTRIBUTES[spec.kind]:
+        if name not in layers and f"{name}.conv" not in layers:
+            setattr(block, name, None)

@@ -1,0 +1,82 @@
+"""The chapter's ResNet and ResNet-18 as PyTorch ``nn.Module``s (NCHW), and the family's builder functions."""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from resnet import specs
+from resnet.backends.torch import blocks
+from resnet.backends.torch.layers import make_layer
+from resnet.docs import CLASS_DOCS
+from resnet.specs import ModelSpec
+
+__all__ = ["ResNet", "ResNet18", *specs.FAMILY]
+
+#: The native block for a block description.
+make_block = functools.partial(specs.build_block, blocks)
+
+
+class ResNet(nn.Module):
+    __doc__ = CLASS_DOCS["ResNet"]
+
+    def __init__(
+        self,
+        arch: Sequence[Sequence[int]] | None = None,
+        num_classes: int = 10,
+        *,
+        spec: ModelSpec | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        self.spec = specs.model_spec(arch, num_classes, spec)
+        dtype = specs.check_dtype(dtype)
+        parts: OrderedDict[str, nn.Module] = OrderedDict(b1=self.b1())
+        for stage_name, stage in self.spec.stages:  # the book's self.block(...) for the book's arch
+            parts[stage_name] = nn.Sequential(*(make_block(b) for b in stage))
+        parts["last"] = self.head()
+        self.net = nn.Sequential(parts)
+        self.to(getattr(torch, dtype))  # lazy layers then create their weights in this precision
+
+    def b1(self) -> nn.Sequential:
+        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        layers, pool = self.spec.stem.layers(), self.spec.stem.pool
+        return nn.Sequential(
+            OrderedDict(
+                conv=make_layer(layers["conv"]),
+                bn=make_layer(layers["bn"]),
+                relu=nn.ReLU(),
+                pool=nn.MaxPool2d(pool.kernel, pool.stride, pool.padding),
+            )
+        )
+
+    def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.Sequential:
+        """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
+        return nn.Sequential(*(make_block(b) for b in specs.book_stage(num_residuals, num_channels, first_block)))
+
+    def head(self) -> nn.Sequential:
+        """The head: global average pooling and a dense layer to the classes (after BN and ReLU in ResNet v2)."""
+        layers = self.spec.head.layers()
+        preact = OrderedDict(bn=make_layer(layers["bn"]), relu=nn.ReLU()) if "bn" in layers else OrderedDict()
+        return nn.Sequential(
+            OrderedDict(**preact, pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=make_layer(layers["fc"]))
+        )
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        specs.check_model_input(self.spec, X.shape[1])
+        return self.net(X)
+
+
+class ResNet18(ResNet):
+    __doc__ = CLASS_DOCS["ResNet18"]
+
+    def __init__(self, num_classes: int = 10, *, dtype: str = "float32") -> None:
+        super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype)
+
+
+# The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
+globals().update(specs.family_builders(ResNet))
