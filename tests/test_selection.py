@@ -131,7 +131,8 @@ def test_missing_or_broken_framework_is_backend_unavailable(name, fresh_selectio
             raise AttributeError("module 'numpy' has no attribute 'bool'")
         return real_import(module, *args, **kwargs)
 
-    monkeypatch.delitem(sys.modules, f"resnet.backends.{name}", raising=False)
+    for module in [m for m in sys.modules if m == f"resnet.backends.{name}" or m.startswith(f"resnet.backends.{name}.")]:
+        monkeypatch.delitem(sys.modules, module)  # the package and its modules, so that importing starts afresh
     monkeypatch.setattr(builtins, "__import__", failing_import)
     monkeypatch.setenv("RESNET_BACKEND", name)
     with pytest.raises(resnet.BackendUnavailableError) as caught:

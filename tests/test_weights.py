@@ -11,9 +11,9 @@ from conftest import INSTALLED
 from safetensors.numpy import save_file
 
 import resnet
-from cases import GOLDEN_CASES, SMALL_RESNET, golden, section
+from cases import FAMILY_GOLDEN_CASES, GOLDEN_CASES, SMALL_RESNET, golden, section
 from resnet import specs
-from resnet.reference import reference_weights
+from resnet.reference import Reference, reference_weights
 from resnet.shapes import tensor_infos
 from resnet.weights import read_weights
 
@@ -155,3 +155,26 @@ def test_save_in_one_backend_load_in_another(source, target, tmp_path):
     np.testing.assert_allclose(
         resnet.forward(other, arrays["input"]), resnet.forward(model, arrays["input"]), atol=1e-5
     )
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+#: Weights files written by release 0.1.0 (commit 17c8a47, PyTorch backend, after one training-mode pass), with the
+#: cases they were saved from: every later layout of the package must load them unchanged.
+RELEASE_FILES = {
+    "release-0.1.0-small_resnet.safetensors": SMALL_RESNET,
+    "release-0.1.0-small_resnext.safetensors": next(c for c in FAMILY_GOLDEN_CASES if c.name == "small_resnext"),
+}
+
+
+@pytest.mark.parametrize("filename", RELEASE_FILES)
+def test_weights_file_of_the_first_release_loads_unchanged(rn, filename):
+    case, path = RELEASE_FILES[filename], os.path.join(FIXTURES, filename)
+    saved, metadata = read_weights(path)
+    assert metadata["backend"] == "torch"
+    model = resnet.load_weights(case.make(rn), path)
+    loaded = rn.get_arrays(model)
+    assert sorted(loaded) == sorted(saved)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+    x = case.inputs()["input"]
+    np.testing.assert_allclose(resnet.forward(model, x), Reference(case.spec, saved).forward(x), atol=1e-4)
