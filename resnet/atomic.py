@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, flush it to disk, then rename.
 
-A crash or an interrupted download therefore never leaves a half-written file under the final name.
+A crash or an interrupted download therefore never leaves a half-written file under the final name. The file
+gets the permissions a plain ``open(path, "w")`` would give it (0644 under the usual umask 022), not the 0600 of
+the temporary file it was written as, so that others can read a shared run directory or data cache.
 """
 
 from __future__ import annotations
@@ -11,7 +13,21 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -35,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp creates it 0600 whatever the umask
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
