@@ -7,8 +7,10 @@ cannot disagree about names or order:
 
 * ``layers(spec)``: (path, layer description) of every layer with tensors, in the order the model runs them;
 * ``tensors(spec)``: every canonical tensor with its layer's path and kind;
-* ``native_tensors(spec, root, child, attributes)``: a backend's native tensors by canonical name, given how to
-  step from a native module to its child (``child``) and which attribute holds each kind of tensor;
+* ``native_layers(spec, root, child)``: a backend's native layers by path, given how to step from a native module
+  to its child (``child``);
+* ``native_tensors(spec, root, child, attributes)``: its native tensors by canonical name, given also which
+  attribute of a layer holds each kind of tensor;
 * ``attach_layers(block, spec, make_layer, make_shortcut)``: a native block's layers created as attributes named
   by those paths, so that the native tree mirrors them.
 """
@@ -28,7 +30,10 @@ from resnet.specs import (
     ModelSpec,
 )
 
-__all__ = ["STATISTICS", "Tensor", "attach_layers", "is_statistic", "layer_tensor_kinds", "layers", "native_tensors", "tensors"]
+__all__ = [
+    "STATISTICS", "Tensor", "attach_layers", "is_statistic", "layer_tensor_kinds", "layers", "native_layers",
+    "native_tensors", "tensors",
+]
 
 Path = tuple[str, ...]
 
@@ -111,11 +116,16 @@ def native_tensors(
             ``{BatchNormSpec: {"weight": "gamma", ...}}``.
     """
     found: dict[str, Any] = {}
-    for path, layer in layers(spec):
-        module = functools.reduce(child, path, root)
+    for (path, module), (_, layer) in zip(native_layers(spec, root, child).items(), layers(spec)):
         for kind in layer_tensor_kinds(layer):
             found[".".join((*path, kind))] = getattr(module, attributes[type(layer)][kind])
     return found
+
+
+def native_layers(spec: BlockSpec | ModelSpec, root: Any, child: Callable[[Any, str], Any]) -> dict[Path, Any]:
+    """Layer path -> the native layer at that path (``root`` and ``child`` as in ``native_tensors``), for every
+    layer of ``layers(spec)``, in its order."""
+    return {path: functools.reduce(child, path, root) for path, _ in layers(spec)}
 
 
 def attach_layers(

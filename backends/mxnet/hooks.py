@@ -1,0 +1,200 @@
+"""The contract's hooks (``resnet.contract``) for MXNet Gluon models: conversions, building, running, weights."""
+
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from resnet.backends.mxnet.models import ResNet
+from resnet.contract import declared, hook
+from resnet.layouts import array_to_native, array_to_nchw
+from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
+from resnet.walk import is_statistic, native_tensors
+
+__all__ = [
+    "apply",
+    "build",
+    "device_of",
+    "dtype_of",
+    "get_arrays",
+    "is_built",
+    "part_outputs",
+    "set_arrays",
+    "to_accelerator",
+    "to_native",
+    "to_numpy",
+    "trainable_count",
+    "vjp",
+]
+
+LAYOUT = declared(__name__).layout
+
+# The attribute of each Gluon layer that holds each kind of canonical tensor: BatchNorm's scale and shift are
+# gamma and beta (its running statistics are parameters with grad_req='null', torch's buffers).
+_TENSOR_ATTRIBUTES = {
+    ConvSpec: {"weight": "weight", "bias": "bias"},
+    BatchNormSpec: {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"},
+    DenseSpec: {"weight": "weight", "bias": "bias"},
+}
+
+
+@hook
+def to_native(x: np.ndarray, dtype: str = "float32") -> mx.nd.NDArray:
+    return mx.nd.array(array_to_native(np.asarray(x, dtype=dtype), LAYOUT), dtype=dtype)
+
+
+@hook
+def to_numpy(y: mx.nd.NDArray) -> np.ndarray:
+    return array_to_nchw(y.asnumpy(), LAYOUT)
+
+
+@hook
+def dtype_of(model: nn.HybridBlock) -> str:
+    """``model.cast(...)`` counts."""
+    return np.dtype(next(iter(model.collect_params().values())).dtype).name
+
+
+@hook
+def device_of(model: nn.HybridBlock) -> str:
+    """Gluon's context: ``mx.cpu(0)`` is ``"cpu:0"``."""
+    parameter = next(iter(model.collect_params().values()))
+    context = parameter.list_ctx()[0] if parameter._ctx_list else mx.context.current_context()
+    return f"{context.device_type}:{context.device_id}"
+
+
+@hook
+def to_accelerator(model: nn.HybridBlock) -> str:
+    """Gluon runs where its context says; this project installs MXNet's CPU build (``mxnet``, not
+    ``mxnet-cuXXX``) and makes its inputs on ``mx.cpu()``, so nothing moves."""
+    return device_of(model)
+
+
+def _has_data(param: gluon.Parameter) -> bool:
+    """True once a parameter holds an array; False while uninitialized or waiting for its input size."""
+    try:
+        param.data()
+    except RuntimeError:  # not initialized, or DeferredInitializationError (an MXNetError, a RuntimeError)
+        return False
+    return True
+
+
+@hook
+def is_built(model: nn.HybridBlock) -> bool:
+    """Built once no parameter waits for its initializer or its input size (deferred initialization)."""
+    return all(_has_data(p) for p in model.collect_params().values())
+
+
+def initialize(model: nn.HybridBlock) -> None:
+    """Give every parameter not yet initialized an initializer, as the book's ``net.initialize(init.Xavier())``.
+
+    Gluon creates the arrays at the first call, once the input size is known (deferred initialization).
+    """
+    for param in model.collect_params().values():
+        try:
+            param.list_ctx()  # raises while the parameter has no initializer at all
+        except RuntimeError:
+            # default_init: a layer's own initializer (zeros for biases, ones for BN scales) takes precedence.
+            param.initialize(default_init=mx.init.Xavier())
+
+
+@hook
+def build(model: nn.HybridBlock, input_shape: tuple[int, ...]) -> None:
+    """Initializers as the book's ``net.initialize``, then one inference-mode pass over zeros gives the lazy
+    layers their input sizes and their arrays."""
+    if not is_built(model):
+        initialize(model)
+        apply(model, mx.nd.zeros(input_shape, dtype=dtype_of(model)), training=False)
+
+
+@hook
+def apply(model: nn.HybridBlock, x: mx.nd.NDArray, training: bool) -> mx.nd.NDArray:
+    """MXNet updates the running averages in the backward pass, not the forward: in training mode this records
+    the forward and runs a backward with a zero output gradient, as a training step would. That backward
+    writes all-zero parameter gradients (and adds zero where ``grad_req`` is ``'add'``), so nothing leaks
+    into a later training step."""
+    if not training:
+        with autograd.pause(train_mode=False):  # no recording, BatchNorm with its running averages
+            return model(x)
+    y = _recorded_training_forward(model, x)
+    y.backward(mx.nd.zeros_like(y))
+    return y
+
+
+def _recorded_training_forward(model: nn.HybridBlock, x: mx.nd.NDArray) -> mx.nd.NDArray:
+    """The training-mode output, recorded for a backward that reaches every BatchNorm.
+
+    MXNet's backward skips layers that lead to no gradient, and with them their running-average updates:
+    where parameters are frozen (``grad_req='null'``) the statistics would stay, and with all frozen the
+    backward fails. A gradient buffer on (a copy of) the input puts every layer on a gradient's path.
+    """
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record(train_mode=True):
+        return model(x)
+
+
+@hook
+def part_outputs(model: nn.HybridBlock, x: mx.nd.NDArray) -> list[tuple[str, mx.nd.NDArray]]:
+    if not isinstance(model, ResNet):
+        return [(type(model).__name__, apply(model, x, training=False))]
+    outputs = []
+    for name in model.spec.part_names:
+        x = apply(getattr(model.net, name), x, training=False)
+        outputs.append((name, x))
+    return outputs
+
+
+@hook
+def trainable_count(model: nn.HybridBlock) -> int:
+    """BatchNorm running statistics are parameters with ``grad_req='null'``."""
+    return sum(int(np.prod(p.shape)) for p in model.collect_params().values() if p.grad_req != "null")
+
+
+def _child(parent: nn.HybridBlock, name: str) -> nn.HybridBlock:
+    """One step of a canonical path: a named child is an attribute (``b2``, ``conv1``, ``downsample``), a
+    stage's block is its index in the HybridSequential (``0``, ``1``...)."""
+    return parent[int(name)] if name.isdigit() else getattr(parent, name)
+
+
+def _native_items(model: nn.HybridBlock) -> dict[str, gluon.Parameter]:
+    """Canonical name -> native parameter; a ResNet's parts are under ``net``.
+
+    Found by walking the blocks by their canonical names: Gluon's own parameter names carry automatic prefixes
+    (``conv0_weight``...) that depend on how many layers the process has created; they are never parsed.
+    """
+    root = model.net if isinstance(model, ResNet) else model
+    return native_tensors(model.spec, root, _child, _TENSOR_ATTRIBUTES)
+
+
+@hook
+def get_arrays(model: nn.HybridBlock) -> dict[str, np.ndarray]:
+    return {name: param.data().asnumpy() for name, param in _native_items(model).items()}
+
+
+@hook
+def set_arrays(model: nn.HybridBlock, arrays: dict[str, np.ndarray]) -> None:
+    native = _native_items(model)
+    for name, value in arrays.items():
+        # set_data copies into the existing arrays, which a hybridized model's cached graph reads.
+        native[name].set_data(to_native(value, native[name].dtype))
+
+
+def _native_grads(model: nn.HybridBlock) -> dict[str, np.ndarray]:
+    """Canonical name -> gradient of each trainable tensor, in canonical layout (zeros for a frozen one)."""
+    return {
+        name: np.zeros(p.shape, p.dtype) if p.grad_req == "null" else p.grad().asnumpy()
+        for name, p in _native_items(model).items()
+        if not is_statistic(name)
+    }
+
+
+@hook
+def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    build(model, x.shape)
+    dtype = dtype_of(model)
+    # Not apply(training=True): its own zero-gradient backward would update the running averages twice.
+    y = _recorded_training_forward(model, to_native(x, dtype))
+    y.backward(to_native(output_grad, dtype))  # grad_req 'write': overwrites any earlier gradient
+    return to_numpy(y), _native_grads(model)

@@ -1,0 +1,52 @@
+"""The contract's train step and predict function for MXNet Gluon models: hybridized (one cached graph per
+input shape), on the CPU, in the model's precision."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from resnet.backends.mxnet.hooks import apply, dtype_of, initialize, to_native, to_numpy
+from resnet.contract import check_mixed_precision, declared, hook
+
+__all__ = ["make_predict", "make_train_step"]
+
+NAME = declared(__name__).name
+
+
+@hook
+def make_train_step(
+    model: nn.HybridBlock, lr: float, compile: bool = False, mixed_precision: bool = False
+) -> Callable[..., float | Callable[[], float]]:
+    """Hybridized, with ``gluon.Trainer``'s SGD. The step is always compiled (``compile`` is accepted and
+    ignored); mixed precision is not available (``resnet.registry``)."""
+    dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
+    model.hybridize()  # the framework's fast path: one cached graph per input shape
+    initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
+    trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
+        with autograd.record(train_mode=True):
+            loss = loss_fn(model(to_native(x, dtype)), to_native(labels, dtype))  # one loss per example
+        loss.backward()  # gradient of the sum ...
+        trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
+        loss = loss.mean()
+        return float(loss.asscalar()) if wait else lambda: float(loss.asscalar())
+
+    return train_step
+
+
+@hook
+def make_predict(model: nn.HybridBlock, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Hybridized, as in the train step."""
+    dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
+    model.hybridize()  # the framework's fast path, as in make_train_step
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return to_numpy(apply(model, to_native(x, dtype), training=False))
+
+    return predict
