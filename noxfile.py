@@ -77,7 +77,7 @@ def d2l(session: nox.Session) -> None:
 @nox.parametrize("backend", BACKENDS, ids=list(BACKENDS))
 def bench(session: nox.Session, backend: str) -> None:
     """The speed benchmark in one backend's environment (not part of the default run: it takes minutes and
-    wants a quiet machine): ``nox -s bench``, then ``python -m resnet.bench_report bench-results/*.json``."""
+    wants a quiet machine): ``nox -s bench``, then ``python -m resnet.bench.report bench-results/*.json``."""
     session.install(f".[{backend}]")
     session.run("python", "-m", "resnet.bench", "--backend", backend, "--json", f"bench-results/{backend}.json",
                 *session.posargs, env=QUIET_TF)

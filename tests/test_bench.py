@@ -1,6 +1,6 @@
-"""The benchmark harness (``python -m resnet.bench``) and its report: a ``--quick`` run in each backend gives
-every measurement with positive numbers, and the report renders them. No timing is asserted: speed targets
-are for the benchmark's own report, never for the tests."""
+"""The benchmark (``python -m resnet.bench``) and its report (``python -m resnet.bench.report``): a ``--quick``
+run in each backend gives every measurement with positive numbers, and the report renders them. No timing is
+asserted: speed targets are for the benchmark's own report, never for the tests."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from resnet import bench, bench_report, specs
-from resnet.bench import COMPILED, MEASUREMENTS, REFERENCES
+from resnet import bench, specs
+from resnet.bench import COMPILED, MEASUREMENTS, REFERENCES, report
+from resnet.shapes import macs
 
 _RUNS: dict[str, object] = {}  # backend -> path of its --quick JSON: one run per backend for all the tests below
 
@@ -72,7 +73,7 @@ def test_report_renders_the_json(backend_name, quick_json, tmp_path, capsys):
     (tmp_path / f"{other}.json").write_text(json.dumps(copy))
     shutil.copy(quick_json, tmp_path / f"{backend_name}.json")
     out = tmp_path / "performance.md"
-    assert bench_report.main([str(p) for p in sorted(tmp_path.glob("*.json"))] + ["--out", str(out)]) == 0
+    assert report.main([str(p) for p in sorted(tmp_path.glob("*.json"))] + ["--out", str(out)]) == 0
     text = out.read_text()
     assert "--quick" in text  # quick results are flagged as meaningless
     header = next(line for line in text.splitlines() if line.startswith("| measurement | unit |"))
@@ -86,10 +87,10 @@ def test_report_renders_the_json(backend_name, quick_json, tmp_path, capsys):
 
 
 def test_report_refuses_bad_input(tmp_path, capsys):
-    assert bench_report.main([]) == 2
+    assert report.main([]) == 2
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    assert bench_report.main([str(bad)]) == 2
+    assert report.main([str(bad)]) == 2
     assert "not a benchmark result" in capsys.readouterr().err
 
 
@@ -107,14 +108,15 @@ def test_list_and_options(capsys):
     assert "--repeats" in capsys.readouterr().err
 
 
-def test_multiply_adds_of_the_book_models():
+def test_multiply_adds_per_image_of_the_book_models():
+    """The model rows' GFLOP per image: ``macs`` of a batch of one."""
     resnet18 = specs.book_resnet(specs.RESNET18_ARCH, 10)
-    assert bench.multiply_adds(resnet18, (1, 1, 96, 96)) == 318_657_536  # the 0.319 G of the issue
+    assert macs(resnet18, (1, 1, 96, 96)) == 318_657_536  # the 0.319 G of the issue
     # ResNeXtBlock(64, g, 1) at 48x48: two 1x1 convolutions (64 -> 64) and the grouped 3x3 (64 // g inputs each).
     for groups in (2, 8, 32):
         block = specs.resnext(64, groups, 1)
         expected = 48 * 48 * (2 * 64 * 64 + 64 * (64 // groups) * 9)
-        assert bench.multiply_adds(block, (4, 64, 48, 48)) == expected
+        assert macs(block, (1, 64, 48, 48)) == expected
 
 
 def test_other_processes_are_told_apart_from_the_benchmark():

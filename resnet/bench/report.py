@@ -1,8 +1,8 @@
 """Merge the benchmark's JSON files, one per backend, into the markdown of the README's Performance section.
 
     nox -s bench                                        # writes bench-results/<backend>.json in each environment
-    python -m resnet.bench_report bench-results/*.json  # the markdown on stdout
-    python -m resnet.bench_report bench-results/*.json --out bench-results/README-performance.md
+    python -m resnet.bench.report bench-results/*.json  # the markdown on stdout
+    python -m resnet.bench.report bench-results/*.json --out bench-results/README-performance.md
 
 The page holds: the machine (CPU model, cores, load average, framework versions and threads, as each run
 recorded them), one table with a row per measurement and a column per backend (cells: ours / reference /
@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from resnet.bench import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA, UNITS, was_busy
-from resnet.selection import BACKENDS
+from resnet.bench.output import format_number, was_busy
+from resnet.bench.settings import MEASUREMENTS, REFERENCES, RESNEXT_GROUPS, SCHEMA, UNITS
+from resnet.registry import BACKENDS
 
 __all__ = ["load_results", "main", "render", "targets"]
 
@@ -59,22 +60,16 @@ def _entries(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in result["measurements"]}
 
 
-def _number(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
-
-
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "not measured"
     if entry["status"] != "ok":
         return entry["status"]
-    ours = _number(entry["ours"]["median"])
+    ours = format_number(entry["ours"]["median"])
     if not entry.get("reference"):
         return ours
     ratio = f"**{entry['ratio']:.2f}x**" if entry.get("comparable") else f"{entry['ratio']:.2f}x (n/c)"
-    return f"{ours} / {_number(entry['reference']['median'])} / {ratio}"
+    return f"{ours} / {format_number(entry['reference']['median'])} / {ratio}"
 
 
 def _row_label(name: str, settings: dict[str, Any]) -> str:
@@ -94,8 +89,6 @@ def _row_label(name: str, settings: dict[str, Any]) -> str:
         labels[name_g] = (f"ResNeXtBlock({s['block_channels']}, {groups}, 1) fwd+bwd "
                           f"(batch {s['block_batch']}, {s['block_channels']}x{s['block_size']}x{s['block_size']})")
     return labels.get(name, name)
-
-
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -135,7 +128,7 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, str, bool | N
 
 
 def _busy(result: dict[str, Any]) -> bool:
-    """Whether other processes ran during this result's run (``resnet.bench.was_busy``)."""
+    """Whether other processes ran during this result's run (``resnet.bench.output.was_busy``)."""
     return was_busy(result["machine"])
 
 
@@ -222,13 +215,13 @@ def render(results: list[dict[str, Any]]) -> str:
         reference = REFERENCES[name]
         lines.append(f"* `{name}`: {text}" + (f". Reference: {reference}" if reference else "; no reference") + ".")
     lines += ["", f"Settings: {json.dumps({k: v for k, v in settings.items() if k != 'quick'})}. "
-              "Reproduce with `nox -s bench` and `python -m resnet.bench_report bench-results/*.json`."]
+              "Reproduce with `nox -s bench` and `python -m resnet.bench.report bench-results/*.json`."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m resnet.bench_report FILES [--out PATH]``."""
-    parser = argparse.ArgumentParser(prog="python -m resnet.bench_report", description=__doc__.split("\n\n")[0])
+    """``python -m resnet.bench.report FILES [--out PATH]``."""
+    parser = argparse.ArgumentParser(prog="python -m resnet.bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", help="benchmark JSON files, one per backend (bench-results/*.json)")
     parser.add_argument("--out", metavar="PATH", help="write the markdown here instead of stdout")
     args = parser.parse_args(argv)
@@ -243,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(text)
     except (ValueError, OSError) as error:
-        print(f"resnet bench_report: error: {error}", file=sys.stderr)
+        print(f"resnet.bench.report: error: {error}", file=sys.stderr)
         return 2
     return 0
 
