@@ -39,6 +39,8 @@ __all__ = [
     "CLASSES",
     "HOOKS",
     "Hooks",
+    "MODEL_HOOKS",
+    "TRAIN_HOOKS",
     "check_mixed_precision",
     "contract_problems",
     "declared",
@@ -145,6 +147,9 @@ class Hooks:
 
 #: The hooks' names, in the order ``Hooks`` declares them.
 HOOKS: tuple[str, ...] = tuple(name for name in vars(Hooks) if not name.startswith("_"))
+#: The hooks each backend writes in its ``train`` module; the others are in its ``hooks`` module.
+TRAIN_HOOKS: tuple[str, ...] = ("make_train_step", "make_predict")
+MODEL_HOOKS: tuple[str, ...] = tuple(name for name in HOOKS if name not in TRAIN_HOOKS)
 
 
 def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any]]:

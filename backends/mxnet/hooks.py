@@ -8,26 +8,12 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from resnet.backends.mxnet.models import ResNet
-from resnet.contract import declared, hook
+from resnet.contract import MODEL_HOOKS, declared, hook
 from resnet.layouts import array_to_native, array_to_nchw
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import is_statistic, native_tensors
 
-__all__ = [
-    "apply",
-    "build",
-    "device_of",
-    "dtype_of",
-    "get_arrays",
-    "is_built",
-    "part_outputs",
-    "set_arrays",
-    "to_accelerator",
-    "to_native",
-    "to_numpy",
-    "trainable_count",
-    "vjp",
-]
+__all__ = list(MODEL_HOOKS)
 
 LAYOUT = declared(__name__).layout
 

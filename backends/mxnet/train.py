@@ -10,9 +10,9 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from resnet.backends.mxnet.hooks import apply, dtype_of, initialize, to_native, to_numpy
-from resnet.contract import check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
 
-__all__ = ["make_predict", "make_train_step"]
+__all__ = list(TRAIN_HOOKS)
 
 NAME = declared(__name__).name
 

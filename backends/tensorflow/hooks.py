@@ -12,26 +12,12 @@ import keras  # isort: skip
 
 from resnet.backends.tensorflow.layers import Sequential
 from resnet.backends.tensorflow.models import ResNet
-from resnet.contract import declared, hook
+from resnet.contract import MODEL_HOOKS, declared, hook
 from resnet.layouts import array_to_native, array_to_nchw, weight_to_canonical, weight_to_native
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import native_layers, native_tensors
 
-__all__ = [
-    "apply",
-    "build",
-    "device_of",
-    "dtype_of",
-    "get_arrays",
-    "is_built",
-    "part_outputs",
-    "set_arrays",
-    "to_accelerator",
-    "to_native",
-    "to_numpy",
-    "trainable_count",
-    "vjp",
-]
+__all__ = list(MODEL_HOOKS)
 
 LAYOUT = declared(__name__).layout
 

@@ -10,9 +10,9 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 import keras  # isort: skip
 
 from resnet.backends.tensorflow.hooks import build, dtype_of, to_native, to_numpy
-from resnet.contract import check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
 
-__all__ = ["make_predict", "make_train_step"]
+__all__ = list(TRAIN_HOOKS)
 
 NAME = declared(__name__).name
 

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 
 from resnet.backends.torch.hooks import apply, build, dtype_of, to_native, to_numpy, weights_device
 from resnet.backends.torch.layers import statistics_at_the_end
-from resnet.contract import check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
 
-__all__ = ["make_predict", "make_train_step"]
+__all__ = list(TRAIN_HOOKS)
 
 NAME = declared(__name__).name
 
