@@ -57,7 +57,8 @@ def make_train_step(
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=mixed_precision), statistics():
             logits = forward(native_batch(x, dtype))
-        loss = F.cross_entropy(logits.to(getattr(torch, dtype)), torch.from_numpy(np.asarray(labels, np.int64)).to(device))
+        targets = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+        loss = F.cross_entropy(logits.to(getattr(torch, dtype)), targets)
         loss.backward()
         optimizer.step()
         loss = loss.detach()
