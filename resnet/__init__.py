@@ -21,15 +21,6 @@ from resnet.weights import WeightsMismatchError, load_weights, save_weights
 
 __version__ = "0.1.0"
 
-# TEMPORARY (removed when the backends are packages): in a checkout, resnet.backends is found beside resnet/.
-import os as _os  # noqa: E402
-
-_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "backends")) and _os.path.isfile(
-    _os.path.join(_checkout, "backends", "__init__.py")
-):
-    __path__.append(_checkout)
-
 #: Names looked up in the selected backend's module on first access: the chapter's classes, the family's
 #: blocks, and the family's builder functions (the same names in every backend; see resnet.contract).
 BACKEND_NAMES: tuple[str, ...] = (*CLASSES, *FAMILY)

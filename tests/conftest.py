@@ -1,23 +1,17 @@
-"""Shared fixtures: every test that takes ``rn`` runs once per backend under test, named in its ID.
+"""Fixtures and hooks: every test that takes ``rn`` runs once per backend under test, named in its ID.
 
-The backends under test are those installed here, or exactly those named in ``RESNET_TEST_BACKENDS``
-(comma-separated; the nox matrix sets it), in which case a missing one is an error instead of a smaller
-matrix, so a broken environment can never pass as green.
+The backends under test are ``helpers.INSTALLED``: those installed here, or exactly those named in
+``RESNET_TEST_BACKENDS``, in which case a missing one is a usage error instead of a smaller matrix.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 
 import pytest
 
+from helpers import FOUND, INSTALLED, REQUIRED
 from resnet.registry import BACKENDS, REGISTRY
-
-FOUND = [name for name in BACKENDS if importlib.util.find_spec(REGISTRY[name].framework) is not None]
-REQUIRED = [name.strip() for name in os.environ.get("RESNET_TEST_BACKENDS", "").split(",") if name.strip()]
-INSTALLED = [name for name in BACKENDS if name in REQUIRED] if REQUIRED else FOUND
 
 
 def pytest_configure(config: pytest.Config) -> None:

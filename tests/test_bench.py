@@ -111,7 +111,7 @@ def test_list_and_options(capsys):
 def test_multiply_adds_per_image_of_the_book_models():
     """The model rows' GFLOP per image: ``macs`` of a batch of one."""
     resnet18 = specs.book_resnet(specs.RESNET18_ARCH, 10)
-    assert macs(resnet18, (1, 1, 96, 96)) == 318_657_536  # the 0.319 G of the issue
+    assert macs(resnet18, (1, 1, 96, 96)) == 318_657_536  # the 0.319 G of the book's ResNet-18
     # ResNeXtBlock(64, g, 1) at 48x48: two 1x1 convolutions (64 -> 64) and the grouped 3x3 (64 // g inputs each).
     for groups in (2, 8, 32):
         block = specs.resnext(64, groups, 1)

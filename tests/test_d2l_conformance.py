@@ -20,10 +20,10 @@ What the tests show:
 * **The book's TensorFlow and JAX code pad 'same'.** For a 3x3 convolution with stride 2 on an even size,
   'same' pads 0 before and 1 after, where ours (and the book's torch/MXNet) pads 1 on both sides. There the
   book's TF/JAX blocks differ from the reference by far more than rounding (asserted > 1e-2; measured 3.5 to
-  6.8 on outputs up to about 10) while the shapes agree, and they equal, within 1e-5, the reference run with 'same' padding
-  (``same_padding_reference``: the reference's own convolution, after padding its input as TensorFlow and XLA
-  do). On odd sizes 'same' pads 1 on both sides, and the book's TF/JAX stride-2 blocks equal ours again: also
-  tested, so the explanation is demonstrated, not only asserted.
+  6.8 on outputs up to about 10) while the shapes agree, and they equal, within 1e-5, the reference run with
+  'same' padding (``reference_output(..., padding="same")``: the reference's own convolution, after padding its
+  input as TensorFlow and XLA do). On odd sizes 'same' pads 1 on both sides, and the book's TF/JAX stride-2
+  blocks equal ours again: also tested, so the explanation is demonstrated, not only asserted.
 * **BatchNorm epsilon.** The book's layers use each framework's default epsilon: 1e-5 in torch, Flax and Gluon,
   but 1e-3 in Keras. Each comparison runs the reference with the book layer's own epsilon (monkeypatching
   ``resnet.specs.BN_EPSILON``, which the reference reads at run time). ``test_book_batchnorm_epsilon`` pins

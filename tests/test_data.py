@@ -101,7 +101,13 @@ def test_download_and_parse(fashion_server, tmp_path):
     assert len(server.requests) == count
 
 
-@pytest.mark.parametrize("mode, message", [("corrupt", "checksum mismatch"), ("truncated", "(?s)could not download train-labels.*(IncompleteRead|stopped after)")])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("corrupt", "checksum mismatch"),
+        ("truncated", "(?s)could not download train-labels.*(IncompleteRead|stopped after)"),
+    ],
+)
 def test_bad_transfer_leaves_nothing_in_cache(fashion_server, tmp_path, mode, message):
     server, _ = fashion_server
     server.mode["train-labels-idx1-ubyte.gz"] = mode

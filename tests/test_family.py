@@ -1,28 +1,21 @@
-"""Issue 5: the whole ResNet family of the chapter's exercises, in every backend.
+"""The whole ResNet family of the chapter's exercises, in every backend.
 
-ResNet-18/34/50/101/152, their pre-activation versions and ResNeXt-50/101, in torchvision's convention:
-parameter counts equal torchvision's and multiply-adds its published figures; the new blocks and two small
-models made of them agree with the NumPy reference (outputs, gradients, running statistics, an SGD step)
-through golden files; ResNet-50, ResNeXt-50 and a pre-activation ResNet-50 agree with the reference computed
-here; and every model builds, runs forward and backward, and saves and loads neutral weights in every backend.
+ResNet-18/34/50/101/152, their pre-activation versions and ResNeXt-50/101, in torchvision's convention: the
+descriptions (depths, widths, stride placement, pre-activation), parameter counts equal to torchvision's and
+multiply-adds its published figures, the model registry, each backend's builders, and every model building,
+running forward and backward, and saving and loading neutral weights in every backend. The family's numbers
+against the reference are in test_numerics.py, its weights files in test_weights.py, its commands in test_cli.py.
 """
 
 from __future__ import annotations
-
-import functools
-import importlib
 
 import numpy as np
 import pytest
 
 import resnet
-from cases import FAMILY_BLOCK_CASES, FAMILY_GOLDEN_CASES, SGD_LR, SMALL_FAMILY_MODELS, expected_values, golden, section
 from resnet import specs
 from resnet.models import MODELS, build_model, model_entry
-from resnet.reference import Reference, reference_weights
 from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
-from resnet.weights import read_weights
-from test_numerics import assert_close, assert_grads_close, loaded, tolerance
 
 #: torchvision's trainable parameters (3 input channels, 1000 classes) and multiply-adds at 224x224 (G).
 TORCHVISION = {
@@ -164,107 +157,7 @@ def test_registry_builds_for_the_data(rn):
     assert build_model("resnet18", rn).spec == specs.book_resnet(specs.RESNET18_ARCH, 10)
 
 
-def test_cli_family_prints_the_table(capsys):
-    from resnet.cli import main
-
-    assert main(["family"]) == 0
-    assert capsys.readouterr().out.strip() == family_table()
-
-
-def test_cli_summary_of_a_family_model(rn, backend_name, fresh_selection, capsys):
-    from resnet.cli import main
-
-    assert main(["--backend", backend_name, "summary", "resnext50-32x4d", "--input-shape", "1,3,64,64"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[1:] == [
-        *(f"{part:<4}  output shape: {shape}" for part, shape in model_part_shapes(
-            specs.family_spec("resnext50_32x4d"), (1, 3, 64, 64))),
-        "trainable parameters: 25,028,904",
-        f"multiply-adds: {macs(specs.family_spec('resnext50_32x4d'), (1, 3, 64, 64)):,}",
-    ]
-
-
-# ------------------------------------------------------------ every backend: blocks and small models
-
-
-@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
-def test_golden_file_matches_reference(case):
-    stored, fresh = golden(case), expected_values(case)
-    assert sorted(stored) == sorted(fresh)
-    for name, value in fresh.items():
-        assert_close(stored[name], value, 1e-6 * max(1.0, float(np.abs(value).max())), name)
-
-
-@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
-def test_inference_matches_reference(rn, case):
-    arrays = golden(case)
-    model = loaded(rn, case, arrays)
-    assert_close(resnet.forward(model, arrays["input"]), arrays["inference"], tolerance(case), "inference output")
-    assert resnet.output_shape(model, case.input_shape) == arrays["inference"].shape
-
-
-@pytest.mark.parametrize("case", FAMILY_GOLDEN_CASES, ids=lambda c: c.name)
-def test_training_pass_matches_reference(rn, case):
-    """Training-mode output, the gradient of every weight, and the running statistics after one pass."""
-    arrays = golden(case)
-    model = loaded(rn, case, arrays)
-    output, grads = rn.vjp(model, arrays["input"], arrays["output_grad"])
-    assert_close(output, arrays["training"], tolerance(case), "training-mode output")
-    assert_grads_close(grads, section(arrays, "grad"))
-    after = rn.get_arrays(model)
-    for name, value in section(arrays, "after_training").items():
-        assert_close(after[name], value, 1e-5, f"{name} after one training pass")
-
-
-@pytest.mark.parametrize("case", SMALL_FAMILY_MODELS, ids=lambda c: c.name)
-def test_sgd_step_and_predict_match_reference(rn, case):
-    arrays = golden(case)
-    model = loaded(rn, case, arrays)
-    assert_close(rn.make_predict(model)(arrays["input"]), arrays["inference"], 1e-4, "make_predict output")
-    loss = rn.make_train_step(model, SGD_LR)(arrays["input"], arrays["labels"])
-    assert abs(loss - float(arrays["sgd_loss"][0])) <= 1e-5 * max(1.0, abs(float(arrays["sgd_loss"][0])))
-    after = rn.get_arrays(model)
-    for name, value in section(arrays, "after_sgd").items():
-        assert_close(after[name], value, 2e-5, f"{name} after one SGD step")
-
-
-@pytest.mark.parametrize("case", FAMILY_BLOCK_CASES[1::2], ids=lambda c: c.name)
-def test_block_weights_files_are_canonical(rn, case, tmp_path):
-    """Names with the projection shortcut's ``downsample.conv`` / ``downsample.bn`` in every backend."""
-    model = loaded(rn, case, golden(case))
-    resnet.save_weights(model, tmp_path / "block.safetensors")
-    saved, _ = read_weights(tmp_path / "block.safetensors")
-    assert sorted(saved) == sorted(tensor_infos(case.spec, case.input_shape))
-    assert any(name.startswith("downsample.conv.") for name in saved)
-
-
 # ------------------------------------------------------------------- every backend: the full models
-
-
-@functools.lru_cache(maxsize=None)
-def reference_run(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Weights, a 2x3x32x32 input and the reference's inference output for the family's model ``name``.
-
-    Random weights let activations grow through 16 or more blocks (logits near 200 for ResNet-50), so the
-    dense layer is rescaled to make the logits of order 1, where an absolute tolerance of 1e-4 is meaningful.
-    """
-    spec, shape = specs.family_spec(name), (2, 3, 32, 32)
-    weights = reference_weights(spec, shape, seed=5)
-    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    bias = weights["last.fc.bias"].astype(np.float64)
-    logits = Reference(spec, weights).forward(x) - bias
-    scale = np.float32(1.0 / np.abs(logits).max())
-    weights["last.fc.weight"] = weights["last.fc.weight"] * scale
-    return weights, x, logits * np.float64(scale) + bias
-
-
-@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "preact_resnet50"])
-def test_model_inference_matches_reference(rn, name):
-    weights, x, expected = reference_run(name)
-    model = getattr(rn, name)()
-    rn.build(model, x.shape)
-    rn.set_arrays(model, weights)
-    assert_close(resnet.forward(model, x), expected, 1e-4, f"{name} inference output")
 
 
 @pytest.mark.parametrize("name", list(specs.FAMILY))
@@ -295,19 +188,3 @@ def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
     before, after = rn.get_arrays(model), rn.get_arrays(fresh)
     assert sorted(after) == sorted(tensor_infos(spec, TINY))
     assert all(np.array_equal(before[n], after[n]) for n in before)
-
-
-def test_cross_backend_weights(rn, backend_name, tmp_path):
-    """A pre-activation ResNeXt-style model saved here loads into every other installed backend with the same
-    outputs (the golden small model, in every pair of backends of this environment)."""
-    from conftest import INSTALLED
-
-    case = SMALL_FAMILY_MODELS[1]
-    arrays = golden(case)
-    model = loaded(rn, case, arrays)
-    resnet.save_weights(model, tmp_path / "w.safetensors")
-    for other in INSTALLED:
-        if other != backend_name:
-            target = importlib.import_module(f"resnet.backends.{other}")
-            copy = resnet.load_weights(case.make(target), tmp_path / "w.safetensors")
-            np.testing.assert_allclose(resnet.forward(copy, arrays["input"]), arrays["inference"], atol=1e-4)

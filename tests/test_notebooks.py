@@ -72,7 +72,8 @@ def _assigned_names(source: str) -> set[str]:
 
 def test_notebooks_exist() -> None:
     names = {path.stem for path in NOTEBOOKS}
-    assert {"resnet_chapter", "resnet_exercises", "same_weights"} <= names, f"notebooks found in {NOTEBOOKS_DIR}: {sorted(names)}"
+    expected = {"resnet_chapter", "resnet_exercises", "same_weights"}
+    assert expected <= names, f"notebooks found in {NOTEBOOKS_DIR}: {sorted(names)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])

@@ -1,4 +1,6 @@
-"""Issue 3: the same weights give the same numbers in every backend, checked against the NumPy reference.
+"""The same weights give the same numbers in every backend, checked against the NumPy float64 reference: the
+chapter's blocks and the family's, small models made of them (through golden files), the chapter's ResNet-18
+and the family's ResNet-50, ResNeXt-50 and pre-activation ResNet-50 (the reference computed here).
 
 Tolerances reached (float32 backends against the float64 reference) are the ones asserted below: single
 blocks to 1e-5 absolute, ResNets to 1e-4, gradients to 1e-4 of the largest gradient of the same tensor
@@ -7,50 +9,37 @@ blocks to 1e-5 absolute, ResNets to 1e-4, gradients to 1e-4 of the largest gradi
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 import resnet
-from cases import (
-    BLOCK_CASES,
+from helpers import (
+    CHAPTER_BLOCK_CASES,
     GOLDEN_CASES,
     GROUPED_PATH_CASES,
     RESNET18,
     SGD_LR,
-    SMALL_RESNET,
+    assert_close,
+    assert_grads_close,
+    case_ids,
     expected_values,
     golden,
+    loaded,
     section,
+    tolerance,
 )
+from resnet import specs
+from resnet.reference import Reference, reference_weights
+
+#: The cases that end in class scores: the chapter's small ResNet and the family's two small models.
+CLASSIFIER_CASES = [case for case in GOLDEN_CASES if case.classifier]
+
+# ------------------------------------------------------------------ blocks and small models: golden files
 
 
-def tolerance(case) -> float:
-    return 1e-4 if case.classifier else 1e-5
-
-
-def loaded(rn, case, arrays):
-    """The case's native model with the golden weights assigned."""
-    model = case.make(rn)
-    rn.build(model, case.input_shape)
-    rn.set_arrays(model, section(arrays, "weights"))
-    return model
-
-
-def assert_close(actual, expected, atol, what):
-    error = float(np.max(np.abs(np.asarray(actual, np.float64) - expected))) if np.size(expected) else 0.0
-    assert np.shape(actual) == np.shape(expected), f"{what}: shape {np.shape(actual)} != {np.shape(expected)}"
-    assert error <= atol, f"{what}: max abs error {error:.3g} > {atol:.3g}"
-
-
-def assert_grads_close(grads, expected):
-    assert sorted(grads) == sorted(expected), "gradient names differ from the reference's"
-    overall = max(float(np.abs(g).max()) for g in expected.values())
-    for name, reference in expected.items():
-        atol = 1e-4 * float(np.abs(reference).max()) + 1e-5 * overall
-        assert_close(grads[name], reference, atol, f"gradient of {name}")
-
-
-@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=case_ids)
 def test_golden_file_matches_reference(case):
     """The golden files are what the reference computes today (float32 storage)."""
     stored = golden(case)
@@ -60,14 +49,15 @@ def test_golden_file_matches_reference(case):
         assert_close(stored[name], value, 1e-6 * max(1.0, float(np.abs(value).max())), name)
 
 
-@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=case_ids)
 def test_inference_matches_reference(rn, case):
     arrays = golden(case)
     model = loaded(rn, case, arrays)
     assert_close(resnet.forward(model, arrays["input"]), arrays["inference"], tolerance(case), "inference output")
+    assert resnet.output_shape(model, case.input_shape) == arrays["inference"].shape
 
 
-@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=case_ids)
 def test_training_pass_matches_reference(rn, case):
     """Training-mode output, the gradient of every weight, and the running statistics after one pass."""
     arrays = golden(case)
@@ -80,7 +70,36 @@ def test_training_pass_matches_reference(rn, case):
         assert_close(after[name], value, 1e-5, f"{name} after one training pass")
 
 
-@pytest.mark.parametrize("case", GROUPED_PATH_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CLASSIFIER_CASES, ids=case_ids)
+def test_sgd_step_and_predict_match_reference(rn, case):
+    """The compiled prediction gives the reference's class scores, and one SGD step from the same weights on the
+    same batch gives the reference's loss and new weights."""
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    assert_close(rn.make_predict(model)(arrays["input"]), arrays["inference"], 1e-4, "make_predict output")
+    loss = rn.make_train_step(model, SGD_LR)(arrays["input"], arrays["labels"])
+    assert abs(loss - float(arrays["sgd_loss"][0])) <= 1e-5 * max(1.0, abs(float(arrays["sgd_loss"][0])))
+    after = rn.get_arrays(model)
+    for name, value in section(arrays, "after_sgd").items():
+        assert_close(after[name], value, 2e-5, f"{name} after one SGD step")
+
+
+def test_training_forward_updates_running_statistics(rn):
+    """``resnet.forward(..., training=True)`` updates BatchNorm statistics as the framework would."""
+    case = CHAPTER_BLOCK_CASES[1]
+    arrays = golden(case)
+    model = loaded(rn, case, arrays)
+    output = resnet.forward(model, arrays["input"], training=True)
+    assert_close(output, arrays["training"], 1e-5, "training-mode output")
+    after = rn.get_arrays(model)
+    for name, value in section(arrays, "after_training").items():
+        assert_close(after[name], value, 1e-5, f"{name} after resnet.forward(training=True)")
+
+
+# ------------------------------------------------------------------- grouped convolutions: every code path
+
+
+@pytest.mark.parametrize("case", GROUPED_PATH_CASES, ids=case_ids)
 def test_every_grouped_convolution_path_matches_reference(rn, case):
     """Backends compute a grouped convolution in whichever way was fastest for its shape (see each backend's
     convolution layer); every way gives the reference's outputs and gradients."""
@@ -92,15 +111,7 @@ def test_every_grouped_convolution_path_matches_reference(rn, case):
     assert_grads_close(grads, section(expected, "grad"))
 
 
-def test_one_sgd_step_matches_reference(rn):
-    """One SGD step from the same weights on the same batch gives the reference's new weights."""
-    arrays = golden(SMALL_RESNET)
-    model = loaded(rn, SMALL_RESNET, arrays)
-    loss = rn.make_train_step(model, SGD_LR)(arrays["input"], arrays["labels"])
-    assert abs(loss - float(arrays["sgd_loss"][0])) <= 1e-5 * max(1.0, abs(float(arrays["sgd_loss"][0])))
-    after = rn.get_arrays(model)
-    for name, value in section(arrays, "after_sgd").items():
-        assert_close(after[name], value, 2e-5, f"{name} after one SGD step")
+# ------------------------------------------------------------------------------ the chapter's ResNet-18
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +145,30 @@ def test_resnet18_sgd_step_matches_reference(rn, resnet18_expected):
         assert_close(after[name], value, 1e-4, f"{name} after one SGD step")
 
 
-def test_training_forward_updates_running_statistics(rn):
-    """``resnet.forward(..., training=True)`` updates BatchNorm statistics as the framework would."""
-    case = BLOCK_CASES[1]
-    arrays = golden(case)
-    model = loaded(rn, case, arrays)
-    output = resnet.forward(model, arrays["input"], training=True)
-    assert_close(output, arrays["training"], 1e-5, "training-mode output")
-    after = rn.get_arrays(model)
-    for name, value in section(arrays, "after_training").items():
-        assert_close(after[name], value, 1e-5, f"{name} after resnet.forward(training=True)")
+# ----------------------------------------------------------------------------- the family's full models
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Weights, a 2x3x32x32 input and the reference's inference output for the family's model ``name``.
+
+    Random weights let activations grow through 16 or more blocks (logits near 200 for ResNet-50), so the
+    dense layer is rescaled to make the logits of order 1, where an absolute tolerance of 1e-4 is meaningful.
+    """
+    spec, shape = specs.family_spec(name), (2, 3, 32, 32)
+    weights = reference_weights(spec, shape, seed=5)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    bias = weights["last.fc.bias"].astype(np.float64)
+    logits = Reference(spec, weights).forward(x) - bias
+    scale = np.float32(1.0 / np.abs(logits).max())
+    weights["last.fc.weight"] = weights["last.fc.weight"] * scale
+    return weights, x, logits * np.float64(scale) + bias
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "preact_resnet50"])
+def test_model_inference_matches_reference(rn, name):
+    weights, x, expected = reference_run(name)
+    model = getattr(rn, name)()
+    rn.build(model, x.shape)
+    rn.set_arrays(model, weights)
+    assert_close(resnet.forward(model, x), expected, 1e-4, f"{name} inference output")

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 import resnet
+from helpers import FOUND
 from resnet import selection
 from resnet.selection import BACKENDS
 
@@ -103,8 +104,6 @@ def test_precedence_set_backend_over_environment(fresh_selection, monkeypatch):
 
 
 def test_auto_detection_picks_first_installed(fresh_selection):
-    from conftest import FOUND
-
     assert resnet.backend() == FOUND[0]
     assert selection._resolve()[1] == "auto"
 
@@ -131,7 +130,8 @@ def test_missing_or_broken_framework_is_backend_unavailable(name, fresh_selectio
             raise AttributeError("module 'numpy' has no attribute 'bool'")
         return real_import(module, *args, **kwargs)
 
-    for module in [m for m in sys.modules if m == f"resnet.backends.{name}" or m.startswith(f"resnet.backends.{name}.")]:
+    package = f"resnet.backends.{name}"
+    for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
         monkeypatch.delitem(sys.modules, module)  # the package and its modules, so that importing starts afresh
     monkeypatch.setattr(builtins, "__import__", failing_import)
     monkeypatch.setenv("RESNET_BACKEND", name)

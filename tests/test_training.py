@@ -1,11 +1,10 @@
-"""Training the chapter's recipe in every backend: learning, resume, agreement with the reference, the CLI."""
+"""Training the chapter's recipe in every backend: learning, agreement with the reference step by step, resuming
+an interrupted run, checkpoints, the compiled train step, and the precision a model is built in."""
 
 from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ QUICK = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
 
 
 def subset(dataset: Dataset, n_train: int, n_val: int) -> Dataset:
+    """The first ``n_train`` training and ``n_val`` validation images of ``dataset``."""
     return Dataset(dataset.name, dataset.train_images[:n_train], dataset.train_labels[:n_train],
                    dataset.val_images[:n_val], dataset.val_labels[:n_val], dataset.classes, dataset.note)
 
@@ -159,46 +159,6 @@ def test_resume_refuses_another_model(rn, digits, tmp_path):
             log=lambda line: None)
 
 
-def run_cli(*args, backend, cwd):
-    env = {**os.environ, "RESNET_BACKEND": backend}
-    return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
-
-
-def test_cli_train_quick_run(backend_name, tmp_path):
-    result = run_cli("train", "--dataset", "digits", "--epochs", "1", "--resize", "16", "--batch-size", "64",
-                     "--lr", "0.05", "--out", "run", "--no-progress", backend=backend_name, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("final validation accuracy: ") and f"{backend_name})" in last and "OFFLINE" in last
-    assert {"metrics.csv", "curves.png", "last.safetensors", "run.json"} <= set(os.listdir(tmp_path / "run"))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("train", "--model", "resnet99"), "unknown model 'resnet99'. Known models:"),
-        (("train", "--epochs", "0"), "epochs must be a positive integer"),
-        (("train", "--resize", "-3"), "resize must be a positive integer"),
-        (("train", "--out", "/proc/no/such/dir", "--dataset", "digits"), "not writable"),
-        (("train", "--resume", "--out", "empty"), "no run to resume in empty"),
-        (("summary", "resnet99"), "unknown model"),
-    ],
-)
-def test_cli_errors(backend_name, tmp_path, args, message, fresh_selection, monkeypatch, capsys):
-    from resnet.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["--backend", backend_name, *args]) == 2  # in-process: the same code path as the command
-    assert message in capsys.readouterr().err
-
-
-def test_cli_summary(backend_name, tmp_path):
-    result = run_cli("summary", "resnet18", backend=backend_name, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "b5    output shape: (1, 512, 3, 3)" in result.stdout and "11,178,378" in result.stdout
-
-
 def test_compile_option_gives_the_same_step(rn):
     """``compile=True`` (torch.compile in PyTorch; the other backends always compile) takes the same step."""
     x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
@@ -232,4 +192,5 @@ def test_checkpoint_from_before_a_setting_existed_resumes(rn, digits, tmp_path):
     assert [row["epoch"] for row in history.rows] == [1, 2]
     write_weights(arrays, tmp_path / "last.safetensors", {**old_header, "epoch": "1"})
     with pytest.raises(ValueError, match=r"other settings \(dtype: float32 -> float64\)"):
-        fit(rn.ResNet18(dtype="float64"), data, two_epochs, tmp_path, resume=True, progress=False, log=lambda line: None)
+        fit(rn.ResNet18(dtype="float64"), data, two_epochs, tmp_path, resume=True, progress=False,
+            log=lambda line: None)

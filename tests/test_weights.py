@@ -1,26 +1,46 @@
-"""Neutral weights files: canonical names and layouts, the same file in every backend, clear mismatches."""
+"""Neutral weights files: canonical names and layouts, the same file in every backend (and in every pair of
+backends installed together), precisions converted, atomic saves, clear mismatches, and the first release's
+files loading unchanged."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 
 import numpy as np
 import pytest
-from conftest import INSTALLED
 from safetensors.numpy import save_file
 
 import resnet
-from cases import FAMILY_GOLDEN_CASES, GOLDEN_CASES, SMALL_RESNET, golden, section
+from helpers import (
+    CHAPTER_CASES,
+    FAMILY_BLOCK_CASES,
+    FAMILY_CASES,
+    INSTALLED,
+    SMALL_FAMILY_MODELS,
+    SMALL_RESNET,
+    assert_close,
+    case_ids,
+    golden,
+    section,
+    tolerance,
+)
 from resnet import specs
 from resnet.reference import Reference, reference_weights
 from resnet.shapes import tensor_infos
-from resnet.weights import read_weights
+from resnet.weights import read_weights, write_weights
 
 
-@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c.name)
+#: The family's blocks with a projection shortcut, whose tensors torchvision names ``downsample.conv`` and
+#: ``downsample.bn``.
+PROJECTION_BLOCKS = FAMILY_BLOCK_CASES[1::2]
+
+
+@pytest.mark.parametrize("case", [*CHAPTER_CASES, *PROJECTION_BLOCKS], ids=case_ids)
 def test_saved_file_has_canonical_names_shapes_and_values(rn, case, tmp_path):
-    """Golden weights -> this backend -> file: the file holds exactly the golden (canonical) tensors."""
+    """Golden weights -> this backend -> file: the file holds exactly the golden (canonical) tensors, with the
+    projection shortcut's ``downsample.conv`` / ``downsample.bn`` names in the family's blocks."""
     arrays = golden(case)
     model = case.make(rn)
     resnet.load_weights(model, _golden_weights_file(arrays, tmp_path))
@@ -32,12 +52,12 @@ def test_saved_file_has_canonical_names_shapes_and_values(rn, case, tmp_path):
         assert saved[name].shape == info.shape and saved[name].dtype == np.float32, name
         np.testing.assert_array_equal(saved[name], arrays[f"weights/{name}"])
     assert metadata["backend"] == rn.NAME
+    if case in PROJECTION_BLOCKS:
+        assert any(name.startswith("downsample.conv.") for name in saved)
 
 
 def _golden_weights_file(arrays, directory) -> str:
     """Write a case's golden weights as a neutral weights file (as any backend would)."""
-    from resnet.weights import write_weights
-
     path = os.path.join(directory, "golden.safetensors")
     write_weights(section(arrays, "weights"), path, {"backend": "reference"})
     return path
@@ -63,8 +83,6 @@ def test_mismatch_lists_missing_unexpected_and_misshapen(rn, tmp_path):
     tensors["conv1.weight"] = np.zeros((6, 4, 3, 3), np.float32)
     tensors["extra.weight"] = np.zeros(3, np.float32)
     path = tmp_path / "bad.safetensors"
-    from resnet.weights import write_weights
-
     write_weights(tensors, path, {})
     with pytest.raises(resnet.WeightsMismatchError) as caught:
         resnet.load_weights(model, path)
@@ -138,23 +156,30 @@ def test_save_is_atomic(rn, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["w.safetensors"]
 
 
+#: What a weights file carries between backends: the chapter's small ResNet and the family's small
+#: pre-activation model.
+CROSS_BACKEND_CASES = [SMALL_RESNET, SMALL_FAMILY_MODELS[1]]
+
+
 @pytest.mark.parametrize(
-    "source, target",
-    [pair for pair in itertools.permutations(INSTALLED, 2)] or [pytest.param(None, None, marks=pytest.mark.skip(
+    "source, target, case",
+    [pytest.param(source, target, case, id=f"{source}-{target}-{case.name}")
+     for source, target in itertools.permutations(INSTALLED, 2) for case in CROSS_BACKEND_CASES]
+    or [pytest.param(None, None, None, marks=pytest.mark.skip(
         reason="one backend in this environment: cross-backend loading is proven through the golden files"))],
 )
-def test_save_in_one_backend_load_in_another(source, target, tmp_path):
-    import importlib
-
+def test_save_in_one_backend_load_in_another(source, target, case, tmp_path):
+    """A file saved in one backend loads into another, which then computes what the first computes and what the
+    reference computes."""
     src, dst = (importlib.import_module(f"resnet.backends.{n}") for n in (source, target))
-    arrays = golden(SMALL_RESNET)
-    model = SMALL_RESNET.make(src)
+    arrays = golden(case)
+    model = case.make(src)
     resnet.load_weights(model, _golden_weights_file(arrays, tmp_path))
     resnet.save_weights(model, tmp_path / "from_source.safetensors")
-    other = resnet.load_weights(SMALL_RESNET.make(dst), tmp_path / "from_source.safetensors")
-    np.testing.assert_allclose(
-        resnet.forward(other, arrays["input"]), resnet.forward(model, arrays["input"]), atol=1e-5
-    )
+    other = resnet.load_weights(case.make(dst), tmp_path / "from_source.safetensors")
+    output = resnet.forward(other, arrays["input"])
+    np.testing.assert_allclose(output, resnet.forward(model, arrays["input"]), atol=1e-5)
+    assert_close(output, arrays["inference"], tolerance(case), f"{target} output from {source}'s file")
 
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -162,7 +187,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 #: cases they were saved from: every later layout of the package must load them unchanged.
 RELEASE_FILES = {
     "release-0.1.0-small_resnet.safetensors": SMALL_RESNET,
-    "release-0.1.0-small_resnext.safetensors": next(c for c in FAMILY_GOLDEN_CASES if c.name == "small_resnext"),
+    "release-0.1.0-small_resnext.safetensors": next(c for c in FAMILY_CASES if c.name == "small_resnext"),
 }
 
 
