@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -19,11 +20,14 @@ FRAMEWORKS = ("torch", "tensorflow", "jax", "flax", "mxnet", "keras")
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (so imports start from nothing) with extra environment variables."""
+    """Run ``code`` in a fresh interpreter (so imports start from nothing) with extra environment variables,
+    outside the source tree (``python -c`` puts its working directory first on the path, where the checkout's
+    resnet/ would hide the installed package and its resnet.backends)."""
     environment = {k: v for k, v in os.environ.items() if k != "RESNET_BACKEND"}
     environment.update(env)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=300
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=300,
+        cwd=tempfile.gettempdir(),
     )
 
 

@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -73,7 +74,10 @@ def _import_seconds(statement: str) -> float:
     """Seconds a fresh Python process spends in ``statement`` (interpreter start-up not included)."""
     code = f"import time\nstarted = time.perf_counter()\n{statement}\nprint(time.perf_counter() - started)"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    # Run outside any source tree: `python -c` puts its working directory first on the path, and a checkout's
+    # resnet/ there would hide the installed package.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tempfile.gettempdir())
     if done.returncode:
         raise RuntimeError(f"{statement!r} failed in a fresh process:\n{done.stderr.strip()[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
