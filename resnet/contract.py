@@ -46,6 +46,7 @@ __all__ = [
     "declared",
     "export",
     "hook",
+    "learning_rate_of",
 ]
 
 #: The model classes every backend defines, with the book's names.
@@ -127,11 +128,12 @@ class Hooks:
 
     @staticmethod
     def make_train_step(
-        model: Model, lr: float, compile: bool = False, mixed_precision: bool = False
+        model: Model, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
     ) -> Callable[..., float | Callable[[], float]]:
         """A function ``step(x, labels, wait=True)`` taking one plain SGD step (the book's optimizer, learning
-        rate ``lr``) on the mean softmax cross-entropy of an NCHW NumPy batch and its integer labels, with
-        BatchNorm in training mode; it returns the loss. With ``wait=False`` it returns at once a function that
+        rate ``lr``, or the model's own ``lr`` when None: ``learning_rate_of``) on the mean softmax
+        cross-entropy of an NCHW NumPy batch and its integer labels, with BatchNorm in training mode; it returns
+        the loss. With ``wait=False`` it returns at once a function that
         waits for the step and gives its loss, so that a loop can prepare the next batch meanwhile.
 
         ``compile=True`` asks for the framework's optional compiler (``torch.compile``); backends whose step is
@@ -247,3 +249,19 @@ def check_mixed_precision(backend: str, dtype: str, mixed_precision: bool) -> st
             "dtype='float32', or train without mixed precision"
         )
     return dtype
+
+
+def learning_rate_of(model: Any, lr: float | None) -> float:
+    """The learning rate a train step uses: ``lr``, or when it is None the model's own ``lr`` (the book's
+    ``ResNet(arch, lr=0.1)``); ValueError for a value that is not a positive finite number, or a block, which
+    has no ``lr`` of its own, with no ``lr`` given."""
+    from resnet.specs import learning_rate
+
+    if lr is None:
+        if getattr(model, "lr", None) is None:
+            raise ValueError(
+                f"{type(model).__name__} has no learning rate of its own (only a ResNet keeps one, as the book's "
+                "ResNet(arch, lr=0.1) does); pass lr=..., e.g. make_train_step(model, 0.1)"
+            )
+        lr = model.lr
+    return learning_rate(lr)

@@ -86,6 +86,8 @@ The chapter's ResNet: the stem ``b1``, one stage per ``arch`` entry (``b2``, ``b
 Args:
     arch: one ``(num_residuals, num_channels)`` pair per stage, e.g. ``((2, 64), (2, 128), (2, 256),
         (2, 512))`` for ResNet-18.
+    lr: the learning rate, kept as ``model.lr``: the train step uses it when given none (the book's
+        ``d2l.Classifier`` keeps it the same way).
     num_classes: outputs of the final dense layer.
     spec: instead of ``arch`` and ``num_classes``, any model description (``resnet.specs.ModelSpec``), as
         the family's builders (``resnet50()``...) pass: the same parts, from its stem, stages and head.
@@ -93,6 +95,11 @@ Args:
 """,
     "ResNet18": """\
 The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels.
+
+Args:
+    lr: the learning rate, kept as ``model.lr`` (the chapter's recipe: ``ResNet18(lr=0.01)``).
+    num_classes: outputs of the final dense layer.
+    dtype: ``"float32"`` (the default) or ``"float64"``.
 """,
 }
 

@@ -72,6 +72,9 @@ class Case:
         """The native block or model of backend module ``rn``."""
         if self.cls == "FamilyResNet":
             return rn.ResNet(spec=self.spec)
+        if self.cls == "ResNet":  # the case's args are book_resnet's (arch, num_classes); the class takes lr second
+            arch, num_classes = self.args
+            return rn.ResNet(arch, num_classes=num_classes)
         return getattr(rn, self.cls)(*self.args)
 
     def inputs(self) -> dict[str, np.ndarray]:

@@ -108,7 +108,7 @@ def test_precisions_convert_both_ways(rn, tmp_path):
     """A float64 model saves float64; each precision's file loads into the other's model, converted."""
     arch, classes = SMALL_RESNET.args
     weights = reference_weights(specs.book_resnet(arch, classes), (1, 1, 8, 8), seed=2)
-    wide = rn.ResNet(arch, classes, dtype="float64")
+    wide = rn.ResNet(arch, num_classes=classes, dtype="float64")
     resnet.output_shape(wide, (1, 1, 8, 8))
     rn.set_arrays(wide, {name: value.astype(np.float64) + 1e-12 for name, value in weights.items()})
     resnet.save_weights(wide, tmp_path / "f64.safetensors")
@@ -116,12 +116,12 @@ def test_precisions_convert_both_ways(rn, tmp_path):
     assert all(value.dtype == np.float64 for value in saved.values())
     assert rn.dtype_of(wide) == "float64" and all(v.dtype == np.float64 for v in rn.get_arrays(wide).values())
 
-    narrow = resnet.load_weights(rn.ResNet(arch, classes), tmp_path / "f64.safetensors")
+    narrow = resnet.load_weights(rn.ResNet(arch, num_classes=classes), tmp_path / "f64.safetensors")
     assert rn.dtype_of(narrow) == "float32"
     for name, value in rn.get_arrays(narrow).items():
         assert value.dtype == np.float32 and np.array_equal(value, saved[name].astype(np.float32)), name
     resnet.save_weights(narrow, tmp_path / "f32.safetensors")
-    again = resnet.load_weights(rn.ResNet(arch, classes, dtype="float64"), tmp_path / "f32.safetensors")
+    again = resnet.load_weights(rn.ResNet(arch, num_classes=classes, dtype="float64"), tmp_path / "f32.safetensors")
     for name, value in rn.get_arrays(again).items():
         assert value.dtype == np.float64 and np.array_equal(value, saved[name].astype(np.float32)), name
 

@@ -3,6 +3,7 @@ architecture and batch shape, on JAX's default device, optionally in bfloat16.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -12,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from resnet import specs
 from resnet.backends.jax.hooks import Variables, build, dtype_of, set_variables, to_native, to_numpy, variables
-from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)
 
@@ -24,6 +26,16 @@ def _in_bfloat16(params: Any, x: jax.Array) -> tuple[Any, jax.Array]:
     """bfloat16 copies of the weights and the batch, for mixed precision: the gradient flows back through the
     cast to the float32 weights, and BatchNorm keeps its statistics (``batch_stats``) in float32."""
     return jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.bfloat16), params), x.astype(jnp.bfloat16)
+
+
+def _static(model: nn.Module, training: bool) -> nn.Module:
+    """The module that the jitted functions take as a static argument, part of their cache key: the model in
+    the mode they run it in, with the default learning rate (the step takes the rate as an argument), so that
+    models differing only in ``lr`` share one compilation."""
+    updates: dict[str, Any] = {"training": training}
+    if any(field.name == "lr" and field.init for field in dataclasses.fields(model)):
+        updates["lr"] = specs.DEFAULT_LR
+    return model.clone(**updates)
 
 
 # Jitted once per architecture, for calls that repeat (a Module without weights hashes by its fields).
@@ -65,13 +77,14 @@ def _sgd_step(
 
 @hook
 def make_train_step(
-    model: nn.Module, lr: float, compile: bool = False, mixed_precision: bool = False
+    model: nn.Module, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
 ) -> Callable[..., float | Callable[[], float]]:
     """Always compiled (``compile`` is accepted and ignored): one jitted ``_sgd_step`` with ``optax.sgd``,
     donating the old weights' buffers; the model's variables are the step's new ones. Mixed precision casts
     weights and batch to bfloat16 inside the step. Flax is channels-last already."""
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
-    module, rate = model.clone(training=True), jnp.asarray(lr, dtype)
+    lr = learning_rate_of(model, lr)
+    module, rate = _static(model, training=True), jnp.asarray(lr, dtype)
 
     def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
         build(model, x.shape)
@@ -96,7 +109,7 @@ def make_predict(model: nn.Module, mixed_precision: bool = False) -> Callable[[n
     """Jitted once per architecture and batch shape; mixed precision as in the train step."""
 
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
-    module = model.clone(training=False)
+    module = _static(model, training=False)
 
     def predict(x: np.ndarray) -> np.ndarray:
         build(model, x.shape)

@@ -3,14 +3,15 @@ input shape), on the CPU, in the model's precision."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from resnet.backends.mxnet.hooks import apply, dtype_of, initialize, to_native, to_numpy
-from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
+from resnet.backends.mxnet.layers import semantics_of
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)
 
@@ -19,23 +20,27 @@ NAME = declared(__name__).name
 
 @hook
 def make_train_step(
-    model: nn.HybridBlock, lr: float, compile: bool = False, mixed_precision: bool = False
+    model: nn.HybridBlock, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
 ) -> Callable[..., float | Callable[[], float]]:
     """Hybridized, with ``gluon.Trainer``'s SGD. The step is always compiled (``compile`` is accepted and
-    ignored); mixed precision is not available (``resnet.registry``)."""
+    ignored); mixed precision is not available (``resnet.registry``). It computes in the model's numpy
+    semantics (``npx.set_np()`` or not, those it was made in), whatever the caller's."""
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
+    lr = learning_rate_of(model, lr)
     model.hybridize()  # the framework's fast path: one cached graph per input shape
     initialize(model)  # the trainer needs initializers; the arrays may still wait for the first batch
-    trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    with semantics_of(model):  # the optimizer takes the parameters' kind of array, the loss the model's output
+        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> float | Callable[[], float]:
-        with autograd.record(train_mode=True):
-            loss = loss_fn(model(to_native(x, dtype)), to_native(labels, dtype))  # one loss per example
-        loss.backward()  # gradient of the sum ...
-        trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
-        loss = loss.mean()
-        return float(loss.asscalar()) if wait else lambda: float(loss.asscalar())
+        with semantics_of(model):
+            with autograd.record(train_mode=True):
+                loss = loss_fn(model(to_native(x, dtype)), to_native(labels, dtype))  # one loss per example
+            loss.backward()  # gradient of the sum ...
+            trainer.step(x.shape[0])  # ... divided by the batch size: lr * gradient of the mean
+            loss = loss.mean()
+        return _scalar(loss) if wait else lambda: _scalar(loss)
 
     return train_step
 
@@ -50,3 +55,9 @@ def make_predict(model: nn.HybridBlock, mixed_precision: bool = False) -> Callab
         return to_numpy(apply(model, to_native(x, dtype), training=False))
 
     return predict
+
+
+def _scalar(loss: Any) -> float:
+    """A one-element array of either kind as a float (waiting for it); ``mxnet.numpy`` arrays have no
+    ``asscalar``."""
+    return float(loss.asnumpy().item())

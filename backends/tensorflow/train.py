@@ -10,7 +10,7 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 import keras  # isort: skip
 
 from resnet.backends.tensorflow.hooks import build, dtype_of, to_native, to_numpy
-from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)
 
@@ -19,11 +19,12 @@ NAME = declared(__name__).name
 
 @hook
 def make_train_step(
-    model: keras.layers.Layer, lr: float, compile: bool = False, mixed_precision: bool = False
+    model: keras.layers.Layer, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
 ) -> Callable[..., float | Callable[[], float]]:
     """A ``tf.function`` with ``keras.optimizers.SGD``, always compiled, so ``compile`` changes nothing; the
     weights and the optimizer's state are created at the first call, outside the compiled function."""
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
+    lr = learning_rate_of(model, lr)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
 
     # Compiled once per input shape; reduce_retracing makes a second shape (a last, smaller batch) trace a

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from resnet.backends.torch.hooks import apply, build, dtype_of, to_native, to_numpy, weights_device
 from resnet.backends.torch.layers import statistics_at_the_end
-from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook
+from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)
 
@@ -37,11 +37,12 @@ def _fast_layout(model: nn.Module) -> Callable[[np.ndarray, str], torch.Tensor]:
 
 @hook
 def make_train_step(
-    model: nn.Module, lr: float, compile: bool = False, mixed_precision: bool = False
+    model: nn.Module, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
 ) -> Callable[..., float | Callable[[], float]]:
     """Eager, with ``torch.optim.SGD``; ``compile=True`` runs the model under ``torch.compile``. Mixed
     precision is ``torch.autocast`` to bfloat16. The step runs where the model is; on a GPU, channels-last."""
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
+    lr = learning_rate_of(model, lr)
     forward = torch.compile(model) if compile else model
     # Eager steps update BatchNorm's averages together after the forward pass; a compiled one fuses them itself.
     statistics = contextlib.nullcontext if compile else statistics_at_the_end

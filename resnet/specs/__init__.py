@@ -35,6 +35,7 @@ from resnet.specs.blocks import (
     residual,
     resnext,
 )
+from resnet.specs.validation import learning_rate
 from resnet.specs.family import FAMILY, IMAGENET_WIDTHS, FamilyModel, family_builders, family_spec, resnet_spec
 from resnet.specs.layers import (
     BN_EPSILON,
@@ -48,6 +49,7 @@ from resnet.specs.layers import (
     check_dtype,
 )
 from resnet.specs.models import (
+    DEFAULT_LR,
     RESNET18_ARCH,
     HeadSpec,
     ModelSpec,
@@ -58,4 +60,4 @@ from resnet.specs.models import (
     model_spec,
 )
 
-__all__ = [*layers.__all__, *blocks.__all__, *models.__all__, *family.__all__]
+__all__ = [*layers.__all__, *blocks.__all__, *models.__all__, *family.__all__, "learning_rate"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from resnet.specs.blocks import BLOCK_KINDS, EXPANSION, BlockSpec, basic, bottleneck
-from resnet.specs.models import HeadSpec, ModelSpec, StemSpec
+from resnet.specs.models import DEFAULT_LR, HeadSpec, ModelSpec, StemSpec
 from resnet.specs.validation import flag, positive_int
 
 __all__ = ["FAMILY", "IMAGENET_WIDTHS", "FamilyModel", "family_builders", "family_spec", "resnet_spec"]
@@ -109,9 +109,14 @@ class FamilyModel:
         the same name, signature and docstring in every backend."""
 
         def build(
-            num_classes: int = 1000, in_channels: int = 3, stride_in_1x1: bool = False, *, dtype: str = "float32"
+            num_classes: int = 1000,
+            in_channels: int = 3,
+            stride_in_1x1: bool = False,
+            *,
+            lr: float = DEFAULT_LR,
+            dtype: str = "float32",
         ) -> Any:
-            return model_class(spec=self.spec(num_classes, in_channels, stride_in_1x1), dtype=dtype)
+            return model_class(spec=self.spec(num_classes, in_channels, stride_in_1x1), lr=lr, dtype=dtype)
 
         build.__name__ = build.__qualname__ = self.name
         build.__doc__ = self.docstring
@@ -147,6 +152,7 @@ class FamilyModel:
             "in_channels: channels of the input images (3 by default).",
             "stride_in_1x1: the paper's stride placement" + (
                 " (on the first 1x1 convolution)." if bottleneck else "; no effect on basic blocks."),
+            "lr: the learning rate the model keeps as ``model.lr`` for its train step (the book's ``lr``).",
             "dtype: \"float32\" (the default) or \"float64\", the precision of the weights and the computation.",
         ]
         wrap = lambda text, indent: textwrap.fill(text, 104, initial_indent=indent, subsequent_indent=indent)  # noqa

@@ -14,9 +14,12 @@ from resnet.specs.layers import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec, P
 from resnet.specs.validation import flag, positive_int
 
 __all__ = [
-    "RESNET18_ARCH", "HeadSpec", "ModelSpec", "StemSpec", "book_resnet", "book_stage", "check_model_input",
-    "model_spec",
+    "DEFAULT_LR", "RESNET18_ARCH", "HeadSpec", "ModelSpec", "StemSpec", "book_resnet", "book_stage",
+    "check_model_input", "model_spec",
 ]
+
+#: The learning rate a model keeps when none is given: the book's ``ResNet(arch, lr=0.1, num_classes=10)``.
+DEFAULT_LR = 0.1
 
 #: The book's ResNet-18: (number of residual blocks, channels) for each of the four stages.
 RESNET18_ARCH: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (2, 256), (2, 512))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
-__all__ = ["divisors", "flag", "positive_int", "stride"]
+__all__ = ["divisors", "flag", "learning_rate", "positive_int", "stride"]
 
 
 def positive_int(value: object, what: str) -> int:
@@ -38,3 +39,13 @@ def divisors(n: int) -> list[int]:
     """The positive divisors of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
 
+
+
+def learning_rate(value: object) -> float:
+    """``value`` as a float; ValueError unless it is a positive, finite number (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"lr must be a positive, finite number (the SGD learning rate, e.g. the book's default 0.1 or the "
+            f"chapter's recipe's 0.01), got {value!r}"
+        )
+    return float(value)
