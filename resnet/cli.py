@@ -1,4 +1,4 @@
-"""The ``resnet`` command (also ``python -m resnet``).
+"""The ``resnet`` command (also ``python -m resnet``): train, summarize and compare the chapter's models.
 
     resnet train                            # the chapter's recipe: ResNet-18, 10 epochs, batch 128, lr 0.01, 96x96
     resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run with no network
@@ -10,15 +10,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
-
 from resnet import selection
+from resnet.contract import check_mixed_precision
 from resnet.data import DATASETS
 from resnet.models import MODELS, build_model, model_entry
-from resnet.contract import check_mixed_precision
 from resnet.specs import DTYPES
 
 __all__ = ["main"]
@@ -34,18 +34,36 @@ def _input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def plain(text: str) -> str:
+    """Docstring text as plain text for a terminal: reStructuredText's ``double backquotes`` dropped."""
+    return re.sub(r"``(.+?)``", r"\1", text)
+
+
+def _command(commands: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary shows in ``resnet --help`` and as its own help's description."""
+    return commands.add_parser(name, help=plain(summary), description=plain(summary[0].upper() + summary[1:]) + ".")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet", description=__doc__.split("\n\n")[0])
+    description, examples = __doc__.split("\n\n", 1)
+    parser = argparse.ArgumentParser(
+        prog="resnet",
+        description=plain(description),
+        epilog="examples:\n" + plain(examples).rstrip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the examples' lines as written
+    )
     parser.add_argument(
         "--backend", help="torch, tensorflow, jax or mxnet (default: RESNET_BACKEND, else the first installed)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train a model with the chapter's recipe")
+    train = _command(commands, "train", "train a model with the chapter's recipe")
     train.add_argument("--backend", dest="train_backend", help="as the global --backend")
     train.add_argument("--model", default="resnet18", help=f"model name: {', '.join(MODELS)} (default resnet18)")
     train.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     train.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    train.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    train.add_argument("--lr", type=float, default=0.01,
+                       help="SGD learning rate, kept by the model as model.lr as in the chapter's ResNet18(lr=0.01) "
+                       "(default 0.01, the chapter's recipe)")
     train.add_argument("--resize", type=int, default=96, help="image height and width (default 96)")
     train.add_argument("--dataset", default="auto", choices=DATASETS,
                        help="fashion-mnist, digits (offline), or auto: Fashion-MNIST if cached or downloadable, "
@@ -67,13 +85,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="torch only: run the train step under torch.compile (the other backends always compile it)")
     from resnet import bench  # imports no framework
 
-    bench.add_arguments(commands.add_parser("bench", help="measure speed against a stock-layer reference"))
-    summary = commands.add_parser("summary", help="print a model's layer summary (NCHW shapes)")
+    bench.add_arguments(_command(commands, "bench", "measure speed against a stock-layer reference"))
+    summary = _command(commands, "summary", "print a model's layer summary (NCHW shapes)")
     summary.add_argument("model", help=f"model name: {', '.join(MODELS)}")
     summary.add_argument("--input-shape", type=_input_shape, help="N,C,H,W (default: the model's own)")
     summary.add_argument("--num-classes", type=int,
                          help="outputs of the head (default: the model's own, 10 for resnet18, 1000 for the family)")
-    family = commands.add_parser("family", help="the ResNet family's parameters and multiply-adds, as a Markdown table")
+    family = _command(commands, "family", "the ResNet family's parameters and multiply-adds, as a Markdown table")
     family.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     family.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
     family.add_argument("--num-classes", type=int, default=1000, help="outputs of the head (default 1000)")
@@ -82,16 +100,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _summary(args: argparse.Namespace) -> int:
     import resnet
+    from resnet.api import check_input_shape
 
     entry = model_entry(args.model)
+    shape = check_input_shape(args.input_shape or entry.input_shape)  # an NHWC-looking shape fails here, first
     backend = selection.backend_module()
-    shape = args.input_shape or entry.input_shape
-    model = build_model(args.model, backend, args.num_classes, shape[1])
-    print(f"{args.model} ({entry.description}) in {backend.NAME}, input {shape}:")
+    num_classes = entry.num_classes if args.num_classes is None else args.num_classes
+    model = build_model(args.model, backend, num_classes, shape[1])
+    print(f"{args.model} ({entry.description}) in {backend.NAME}: {_describe_input(shape)}, {num_classes} classes")
     resnet.layer_summary(model, shape)
     print(f"trainable parameters: {resnet.num_params(model, shape):,}")
     print(f"multiply-adds: {resnet.macs(model, shape):,}")
     return 0
+
+
+def _describe_input(shape: tuple[int, ...]) -> str:
+    """``input (1, 3, 96, 96): batch 1, 3 input channels, 96x96``: the NCHW shape given, in words."""
+    n, c, h, w = shape
+    return f"input {shape}: batch {n}, {c} input channel{'s' if c != 1 else ''}, {h}x{w}"
 
 
 def _family(args: argparse.Namespace) -> int:
@@ -116,7 +142,8 @@ def _train(args: argparse.Namespace) -> int:
     backend = selection.backend_module()
     check_mixed_precision(backend.NAME, args.dtype, args.mixed_precision)  # before the data set is loaded
     dataset = load_dataset(args.dataset, args.data_dir)
-    model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype)
+    # The model keeps the learning rate, as the chapter's ResNet18(lr=0.01); the config says the same.
+    model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype, config.lr)
     print(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
                   model_name=args.model, compile=args.compile, mixed_precision=args.mixed_precision,
@@ -155,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         chosen = getattr(args, "train_backend", None) or args.backend
         if chosen:
-            selection.set_backend(chosen)
+            selection.choose_backend(chosen, "--backend")  # errors then say it was chosen by --backend
         return {"summary": _summary, "train": _train, "bench": _bench, "family": _family}[args.command](args)
     except (ValueError, ImportError, OSError) as error:
         print(f"resnet: error: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from resnet.download import DownloadError, download
+from resnet.download import Attempt, DownloadError, download, verified
 from resnet.idx import read_idx
 
 __all__ = [
@@ -38,6 +38,8 @@ FASHION_MNIST_URLS = [
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 ]
+#: The project's page, for people fetching the files by hand.
+FASHION_MNIST_HOME = "https://github.com/zalandoresearch/fashion-mnist"
 #: The four files and their published MD5 checksums.
 FASHION_MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -52,7 +54,11 @@ FASHION_MNIST_CLASSES = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation images (N, 1, H, W) uint8 with int64 labels, and where they came from."""
+    """Train and validation images (N, 1, H, W) uint8 with int64 labels, and where they came from.
+
+    ``note`` is a one-line warning about the set (empty for Fashion-MNIST itself); ``details`` are the lines
+    that explain it, e.g. why Fashion-MNIST could not be had: one line per file, then what to do.
+    """
 
     name: str
     train_images: np.ndarray
@@ -61,6 +67,7 @@ class Dataset:
     val_labels: np.ndarray
     classes: tuple[str, ...]
     note: str = ""
+    details: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -77,16 +84,19 @@ def default_data_dir() -> Path:
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missing: bool = True) -> Dataset:
     """Fashion-MNIST from ``data_dir/fashion-mnist`` (the four IDX .gz files), downloading what is missing
-    or corrupt and verifying every file against its published MD5 checksum."""
+    or corrupt and verifying every file against its published MD5 checksum.
+
+    When a file cannot be had, DownloadError says why in one line per file (each URL tried and its error),
+    naming the four files and the directory to put them in. A host that did not answer at all is not asked
+    again for the other files (offline, that would only multiply the wait by four).
+    """
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     directory = directory / "fashion-mnist"
     urls = ([os.environ["RESNET_FASHION_MNIST_URL"]] if os.environ.get("RESNET_FASHION_MNIST_URL") else [])
     urls += FASHION_MNIST_URLS
-    paths = {}
-    for name, md5 in FASHION_MNIST_FILES.items():
-        if not download_missing and not (directory / name).is_file():
-            raise DownloadError(f"{directory / name} is missing and downloading was not allowed")
-        paths[name] = download(name, md5, directory, urls)
+    paths, problems = _fetch_files(directory, urls, download_missing)
+    if problems:
+        raise DownloadError(f"could not get Fashion-MNIST into {directory}:", [*problems, _advice(directory)])
     images = {split: read_idx(paths[f"{split}-images-idx3-ubyte.gz"], 3) for split in ("train", "t10k")}
     labels = {split: read_idx(paths[f"{split}-labels-idx1-ubyte.gz"], 1) for split in ("train", "t10k")}
     for split in ("train", "t10k"):
@@ -102,6 +112,46 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missi
         images["t10k"][:, None],
         labels["t10k"].astype(np.int64),
         FASHION_MNIST_CLASSES,
+    )
+
+
+def _fetch_files(directory: Path, urls: list[str], download_missing: bool) -> tuple[dict[str, Path], list[str]]:
+    """The four files' paths, downloading what is missing; and one line per file that could not be had."""
+    paths: dict[str, Path] = {}
+    problems: list[str] = []
+    silent: dict[str, Attempt] = {}  # base URL -> its first failure with no answer at all
+    for name, md5 in FASHION_MNIST_FILES.items():
+        if verified(directory / name, md5):
+            paths[name] = directory / name
+            continue
+        if not download_missing:
+            problems.append(f"{name}: not in {directory} (or corrupt), and downloading was not allowed")
+            continue
+        asked = [base for base in urls if base not in silent]
+        try:
+            paths[name] = download(name, md5, directory, asked)
+        except DownloadError as error:
+            tried = {attempt.base: attempt.line() for attempt in error.attempts}
+            failures = [
+                tried[base] if base in tried else
+                f"{base.rstrip('/')}/{name} not tried (no answer for {Path(silent[base].url).name}: "
+                f"{silent[base].error})"
+                for base in urls if base in tried or base in silent
+            ]
+            problems.append(f"{name}: " + "; ".join(failures or ["no location to download it from"]))
+            for attempt in error.attempts:
+                if attempt.unreachable:
+                    silent.setdefault(attempt.base, attempt)
+    return paths, problems
+
+
+def _advice(directory: Path) -> str:
+    """What to do when Fashion-MNIST cannot be downloaded: the four files, the directory, the offline set."""
+    names = list(FASHION_MNIST_FILES)
+    return (
+        f"Put the four files {', '.join(names[:-1])} and {names[-1]} (from {FASHION_MNIST_HOME}) into "
+        f"{directory}, or choose another --data-dir (RESNET_DATA) whose fashion-mnist/ holds them; "
+        "or train on the offline set (--dataset digits)."
     )
 
 
@@ -142,9 +192,10 @@ def load_dataset(name: str = "auto", data_dir: str | os.PathLike | None = None) 
         fallback = load_digits()
         note = (
             "WARNING: Fashion-MNIST is neither cached nor downloadable here, so this run uses the OFFLINE set "
-            f"(scikit-learn's 8x8 handwritten digits) instead. Reason: {str(error).splitlines()[0]}"
+            "(scikit-learn's 8x8 handwritten digits) instead."
         )
-        return Dataset(**{**fallback.__dict__, "note": note})
+        details = getattr(error, "details", ()) or (str(error),)
+        return Dataset(**{**fallback.__dict__, "note": note, "details": tuple(details)})
 
 
 def random_like_fashion_mnist(train_examples: int | None = None, seed: int = 0) -> Dataset:
@@ -236,7 +287,9 @@ class Batches:
         return self.epoch(0)
 
 
-def prefetch(batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def prefetch(
+    batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int = 2
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The same batches in the same order, made up to ``depth`` ahead in a background thread, so that resizing
     the next batch overlaps the train step (NumPy releases the GIL while it computes, and frameworks while
     their kernels run). An error in the pipeline is raised here, at the batch where it happened."""

@@ -1,23 +1,63 @@
-"""Downloading files into a cache: checksum-verified and atomic, so a bad or partial file is never kept."""
+"""Downloading files into a cache: checksum-verified and atomic, so a bad or partial file is never kept.
+
+A failed download says why in readable lines: every URL tried with its error on one line, and what to do.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
 import os
+import socket
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from resnet.atomic import atomic_path
 
-__all__ = ["DownloadError", "download", "md5sum"]
+__all__ = ["Attempt", "DownloadError", "download", "md5sum", "verified"]
 
 _CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One URL tried for a file, and why it failed.
+
+    Attributes:
+        base: the location (base URL) the file was asked from.
+        url: the file's full URL.
+        error: the error, on one line (``[Errno -2] Name or service not known``, ``HTTP Error 404: Not Found``,
+            ``checksum mismatch ...``).
+        unreachable: no answer at all from the host (no connection, no name, a timeout), so that asking it for
+            other files is not worth the wait; False for an answer that was wrong (404, a corrupt or cut transfer).
+    """
+
+    base: str
+    url: str
+    error: str
+    unreachable: bool
+
+    def line(self) -> str:
+        """``<url> failed (<error>)``."""
+        return f"{self.url} failed ({self.error})"
+
+
 class DownloadError(OSError):
-    """A file could not be fetched from any location, or arrived corrupt."""
+    """A file could not be fetched from any location, or arrived corrupt.
+
+    ``str(error)`` is the whole readable message; ``headline`` its first line, ``details`` the lines after it
+    (one per URL or per file, then what to do), and ``attempts`` the URLs tried with their errors.
+    """
+
+    def __init__(self, headline: str, details: Sequence[str] = (), attempts: Sequence[Attempt] = ()) -> None:
+        self.headline, self.details, self.attempts = headline, tuple(details), tuple(attempts)
+        super().__init__(headline + "".join(f"\n  {line}" for line in self.details))
+
+    def __reduce__(self):  # keep the parts when pickled (a worker process, pytest-xdist)
+        return type(self), (self.headline, self.details, self.attempts)
 
 
 def md5sum(path: str | os.PathLike) -> str:
@@ -27,6 +67,15 @@ def md5sum(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verified(path: str | os.PathLike, md5: str) -> bool:
+    """Whether ``path`` is a file with MD5 ``md5``."""
+    return Path(path).is_file() and md5sum(path) == md5
+
+
+class _BadFile(ValueError):
+    """The server answered, but not with the published file."""
 
 
 def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
@@ -39,27 +88,48 @@ def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
                 out.write(chunk)
                 received += len(chunk)
         if declared is not None and received != int(declared):
-            raise DownloadError(f"{url}: the transfer stopped after {received} of {declared} bytes")
+            raise _BadFile(f"the transfer stopped after {received} of {declared} bytes")
         actual = md5sum(temporary)
         if actual != md5:
-            raise DownloadError(f"{url}: checksum mismatch (MD5 {actual}, published {md5}); the file was not kept")
+            raise _BadFile(f"checksum mismatch: MD5 {actual}, published {md5}; the file was not kept")
 
 
-def download(name: str, md5: str, directory: str | os.PathLike, base_urls: list[str], timeout: float = 60.0) -> Path:
+def _describe(error: BaseException, timeout: float) -> tuple[str, bool]:
+    """(the error on one line, whether the host gave no answer at all)."""
+    if isinstance(error, urllib.error.HTTPError):  # an answer: 404, 403...
+        return f"HTTP Error {error.code}: {error.reason}", False
+    if isinstance(error, urllib.error.URLError):  # no answer: DNS, refused, unreachable, TLS, timeout
+        reason = error.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"no answer within {timeout:g} s", True
+        return " ".join(str(reason).split()) or type(reason).__name__, True
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout:g} s", True
+    if isinstance(error, _BadFile):
+        return str(error), False
+    text = " ".join(str(error).split())
+    return (f"{type(error).__name__}: {text}" if text else type(error).__name__), isinstance(error, ConnectionError)
+
+
+def download(
+    name: str, md5: str, directory: str | os.PathLike, base_urls: Sequence[str], timeout: float = 60.0
+) -> Path:
     """Return ``directory/name``, downloading it from the first of ``base_urls`` that serves a file with the
-    published MD5. An existing file is kept only if its checksum is right; nothing unverified is left behind."""
+    published MD5. An existing file is kept only if its checksum is right; nothing unverified is left behind.
+
+    Raises DownloadError, with one line per URL tried (URL and error) and what to do, when none serves it.
+    """
     target = Path(directory) / name
-    if target.is_file() and md5sum(target) == md5:
+    if verified(target, md5):
         return target
-    failures = []
+    attempts = []
     for base in base_urls:
         url = base.rstrip("/") + "/" + name
         try:
             _fetch(url, target, md5, timeout)
             return target
         except (OSError, http.client.HTTPException, ValueError) as error:  # URLError is an OSError
-            failures.append(f"{url}: {error}")
-    raise DownloadError(
-        f"could not download {name} into {directory}:\n  " + "\n  ".join(failures)
-        + f"\nCopy the file there by hand (published MD5 {md5}), or train on the offline set (--dataset digits)."
-    )
+            attempts.append(Attempt(base, url, *_describe(error, timeout)))
+    lines = [attempt.line() for attempt in attempts] or ["no location to download it from was given"]
+    advice = f"Copy the file there by hand (published MD5 {md5}), or train on the offline set (--dataset digits)."
+    raise DownloadError(f"could not download {name} into {directory}:", [*lines, advice], attempts)

@@ -16,16 +16,21 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
-from resnet.specs import FAMILY
+from resnet.specs import FAMILY, learning_rate
 
 __all__ = ["MODELS", "ModelEntry", "build_model", "model_entry"]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build a named model from a backend module, and the NCHW input and classes it is meant for."""
+    """How to build a named model from a backend module, and the NCHW input and classes it is meant for.
 
-    build: Callable[[ModuleType, int, int, str], Any]  # (backend, num_classes, in_channels, dtype) -> native model
+    ``build(backend, num_classes, in_channels, dtype, **options)`` returns the native model; the options are
+    the constructors' own keywords, passed only when given (``lr=`` for the model's learning rate).
+    ``description`` says what the model is, not what input it is given (``input_shape`` is its default).
+    """
+
+    build: Callable[..., Any]
     input_shape: tuple[int, int, int, int]
     description: str
     num_classes: int = 10
@@ -34,8 +39,8 @@ class ModelEntry:
 def _family_entry(name: str) -> ModelEntry:
     model = FAMILY[name]
     return ModelEntry(
-        lambda rn, num_classes, in_channels, dtype: getattr(rn, name)(
-            num_classes=num_classes, in_channels=in_channels, dtype=dtype
+        lambda rn, num_classes, in_channels, dtype, **options: getattr(rn, name)(
+            num_classes=num_classes, in_channels=in_channels, dtype=dtype, **options
         ),
         (1, 3, 224, 224),
         f"{model.title}, torchvision's convention",
@@ -45,9 +50,13 @@ def _family_entry(name: str) -> ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "resnet18": ModelEntry(
-        lambda rn, num_classes, in_channels, dtype: rn.ResNet18(num_classes=num_classes, dtype=dtype),  # any input
+        # The chapter's ResNet-18 takes any number of input channels (its first convolution is lazy or built
+        # from the input), so in_channels needs no argument here.
+        lambda rn, num_classes, in_channels, dtype, **options: rn.ResNet18(
+            num_classes=num_classes, dtype=dtype, **options
+        ),
         (1, 1, 96, 96),
-        "the chapter's ResNet-18 (conv biases, 1 input channel), for 96x96 Fashion-MNIST",
+        "the chapter's ResNet-18 with conv biases, as trained on Fashion-MNIST at 96x96",
     ),
     **{("resnet18-imagenet" if name == "resnet18" else name): _family_entry(name) for name in FAMILY},
 }
@@ -71,13 +80,18 @@ def build_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     dtype: str = "float32",
+    lr: float | None = None,
 ) -> Any:
     """Build the named model with ``backend``'s native classes, for ``num_classes`` outputs and ``in_channels``
-    input channels (by default, those the model is meant for), in precision ``dtype``."""
+    input channels (by default, those the model is meant for), in precision ``dtype``, keeping the learning
+    rate ``lr`` as ``model.lr`` (None: the constructors' default, the book's 0.1), as the chapter's
+    ``ResNet18(lr=0.01)`` does."""
     entry = model_entry(name)
+    options = {} if lr is None else {"lr": learning_rate(lr)}
     return entry.build(
         backend,
         entry.num_classes if num_classes is None else num_classes,
         entry.input_shape[1] if in_channels is None else in_channels,
         dtype,
+        **options,
     )

@@ -16,10 +16,13 @@ from resnet.registry import BACKENDS, REGISTRY, aliases
 
 __all__ = [
     "BACKENDS",
+    "DISTRIBUTION",
     "BackendUnavailableError",
     "backend",
     "backend_module",
     "canonical_backend_name",
+    "choose_backend",
+    "install_hint",
     "set_backend",
 ]
 
@@ -29,8 +32,23 @@ ALIASES: dict[str, str] = aliases()
 #: The top-level module whose presence means the framework is installed.
 FRAMEWORK_MODULES: dict[str, str] = {name: info.framework for name, info in REGISTRY.items()}
 
-#: What to type to install each backend.
-INSTALL_COMMANDS: dict[str, str] = {name: f'pip install "resnet[{name}]"' for name in BACKENDS}
+#: The package's name on the package index (the import name is ``resnet``; the index's ``resnet`` is another
+#: project's).
+DISTRIBUTION = "d2l-resnet"
+
+#: What to type to install each backend from the package index.
+INSTALL_COMMANDS: dict[str, str] = {name: f'pip install "{DISTRIBUTION}[{name}]"' for name in BACKENDS}
+
+#: What to type in a clone of the project (in its directory) to install each backend.
+CLONE_INSTALL_COMMANDS: dict[str, str] = {name: f'pip install -e ".[{name}]"' for name in BACKENDS}
+
+
+def install_hint(name: str) -> str:
+    """How to install backend ``name``: from the index, or from a clone of the project."""
+    return (
+        f"{INSTALL_COMMANDS[name]} (or, in a clone of the project, in its directory: {CLONE_INSTALL_COMMANDS[name]})"
+    )
+
 
 ENV_VAR = "RESNET_BACKEND"
 
@@ -40,7 +58,7 @@ class BackendUnavailableError(ImportError):
 
 
 _chosen: str | None = None  # set by set_backend() or fixed at first use
-_chosen_by: str | None = None  # where the choice came from: "set_backend", "RESNET_BACKEND" or "auto"
+_chosen_by: str | None = None  # where the choice came from: "set_backend", "--backend", "RESNET_BACKEND" or "auto"
 _used = False  # True once a backend module has been handed out
 
 
@@ -70,6 +88,12 @@ def set_backend(name: str) -> str:
     To use several frameworks in one program, import the backend modules directly
     (``from resnet.backends import jax as rn``).
     """
+    return choose_backend(name, "set_backend")
+
+
+def choose_backend(name: str, chosen_by: str) -> str:
+    """``set_backend(name)``, recording ``chosen_by`` as where the choice came from (the command line passes
+    ``"--backend"``), so that errors name it; returns the canonical name."""
     global _chosen, _chosen_by
     canonical = canonical_backend_name(name)
     if _used and canonical != _chosen:
@@ -78,7 +102,7 @@ def set_backend(name: str) -> str:
             f"{canonical!r} in the same process. Call resnet.set_backend({canonical!r}) before any model is built, "
             f"or import the module directly: from resnet.backends import {canonical}"
         )
-    _chosen, _chosen_by = canonical, "set_backend"
+    _chosen, _chosen_by = canonical, chosen_by
     return canonical
 
 
@@ -93,8 +117,8 @@ def _resolve() -> tuple[str, str]:
         if importlib.util.find_spec(FRAMEWORK_MODULES[name]) is not None:
             return name, "auto"
     raise BackendUnavailableError(
-        f"no backend framework is installed (looked for {', '.join(BACKENDS)}). Install one, for example: "
-        + "; ".join(INSTALL_COMMANDS.values())
+        f"no backend framework is installed (looked for {', '.join(BACKENDS)}). Install one, for example "
+        f"{install_hint(BACKENDS[0])}; the extras are {', '.join(BACKENDS)}"
     )
 
 
@@ -113,7 +137,7 @@ def _import_backend(name: str, chosen_by: str) -> ModuleType:
     except Exception as error:  # mxnet on numpy >= 1.24 raises AttributeError, not ImportError
         raise BackendUnavailableError(
             f"the {name!r} backend (chosen by {chosen_by}) cannot be used: importing its framework failed with "
-            f"{type(error).__name__}: {error}. Install it with: {INSTALL_COMMANDS[name]}"
+            f"{type(error).__name__}: {error}. Install it with: {install_hint(name)}"
             + (f" ({REGISTRY[name].requirement})" if REGISTRY[name].requirement else "")
         ) from error
 

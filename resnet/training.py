@@ -11,7 +11,11 @@ directory holds:
 * ``curves.png``: training loss, validation loss and validation accuracy per epoch, as the book plots them;
 * ``last.safetensors``: the neutral weights after the last complete epoch, with the run's settings in its
   header, from which ``resume=True`` continues with the same result as an uninterrupted run;
-* ``run.json``: the settings and the dataset actually used (with a warning when it is the offline set).
+* ``run.json``: the settings (typed: numbers, booleans, strings), the learning rate used, the device, and the
+  dataset actually used (with a warning, and one line per file saying why, when it is the offline set).
+
+The learning rate is the book's: ``TrainConfig(lr=None)`` (the default) trains with the model's own
+``model.lr`` (``ResNet18(lr=0.01)`` in the chapter's recipe); a number there overrides it.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import numpy as np
 
 from resnet.api import backend_of
 from resnet.atomic import atomic_path
+from resnet.contract import learning_rate_of
 from resnet.data import Batches, Dataset, prefetch
 from resnet.init import initial_weights
 from resnet.reference import softmax_cross_entropy
+from resnet.specs import learning_rate
 from resnet.weights import check_arrays, load_weights, read_weights, write_weights
 
 __all__ = ["CHECKPOINT", "METRICS", "History", "TrainConfig", "evaluate", "fit"]
@@ -45,11 +51,15 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "datase
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The recipe: the book's defaults are 10 epochs, batch 128, SGD with learning rate 0.01, 96x96 images."""
+    """The recipe: the book's defaults are 10 epochs, batch 128, SGD, 96x96 images.
+
+    ``lr`` is the SGD learning rate; None (the default) means the model's own ``model.lr``, as the book's
+    trainer takes it from the model: the chapter's recipe is ``fit(ResNet18(lr=0.01), data)``.
+    """
 
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.01
+    lr: float | None = None
     resize: int | None = 96
     seed: int = 0
 
@@ -58,8 +68,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lr is not None:
+            learning_rate(self.lr)  # a positive, finite number, or ValueError saying so
         if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 1):
             raise ValueError(f"resize must be a positive integer (pixels) or None, got {self.resize!r}")
 
@@ -136,19 +146,42 @@ IMPLIED_SETTINGS = {"dtype": "float32", "mixed_precision": "False"}
 
 
 def _settings(
-    config: TrainConfig, dataset: Dataset, model_name: str, backend: str, dtype: str, mixed_precision: bool
-) -> dict[str, str]:
+    config: TrainConfig,
+    lr: float,
+    dataset: Dataset,
+    model_name: str,
+    backend: str,
+    dtype: str,
+    mixed_precision: bool,
+) -> dict[str, Any]:
+    """The settings a resumed run must keep, typed (run.json stores them so; a checkpoint's header as text)."""
     return {
-        **{k: str(v) for k, v in asdict(config).items() if k != "epochs"},
+        **{k: v for k, v in asdict(config).items() if k != "epochs"},
+        "lr": lr,
         "dataset": dataset.name,
         "model": model_name,
         "dtype": dtype,
-        "mixed_precision": str(mixed_precision),
+        "mixed_precision": bool(mixed_precision),
         "backend": backend,
     }
 
 
-def _resume_point(out_dir: Path, spec: Any, settings: dict[str, str]) -> tuple[dict[str, np.ndarray], int]:
+def _same_setting(saved: str | None, value: Any) -> bool:
+    """Whether a checkpoint header's text ``saved`` is the setting ``value``: numbers compare as numbers
+    ("0.05" and 0.05, "1" and 1.0), booleans as booleans, so that headers of every version compare right."""
+    if saved is None:
+        return False
+    if isinstance(value, bool):
+        return saved.strip().lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(saved) == float(value)
+        except ValueError:
+            return False
+    return saved == str(value)
+
+
+def _resume_point(out_dir: Path, spec: Any, settings: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
     """The checkpoint's weights and its last complete epoch, after checking it belongs to this run."""
     arrays, header = read_weights(out_dir / CHECKPOINT)
     if header.get("spec") != repr(spec):
@@ -157,7 +190,11 @@ def _resume_point(out_dir: Path, spec: Any, settings: dict[str, str]) -> tuple[d
             "same --model, or choose another --out directory"
         )
     saved = {**IMPLIED_SETTINGS, **header}
-    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in settings.items() if k != "backend" and saved.get(k) != v]
+    changed = [
+        f"{k}: {saved.get(k)} -> {v}"
+        for k, v in settings.items()
+        if k != "backend" and not _same_setting(saved.get(k), v)
+    ]
     if changed:
         raise ValueError(
             f"{out_dir / CHECKPOINT} was trained with other settings ({'; '.join(changed)}); resume with the same "
@@ -185,7 +222,8 @@ def fit(
     Args:
         model: a native model of any backend.
         dataset: e.g. ``resnet.data.load_dataset("auto")``.
-        config: epochs, batch size, learning rate, resize and seed (the book's recipe by default).
+        config: epochs, batch size, learning rate, resize and seed (the book's recipe by default). Its ``lr``
+            None means the model's own ``model.lr``; the learning rate used goes into the log and run.json.
         out_dir: where metrics.csv, curves.png, last.safetensors and run.json go (None: keep nothing).
         init: a neutral weights file to start from; otherwise the seeded framework-neutral initialization,
             the same in every backend.
@@ -199,13 +237,14 @@ def fit(
     """
     backend = backend_of(model)
     spec = model.spec
+    lr = learning_rate_of(model, config.lr)  # the config's, else the model's own (the book's ResNet(arch, lr))
     device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     channels = dataset.train_images.shape[1]
     size = config.resize or dataset.train_images.shape[2]
     backend.build(model, (1, channels, size, size))
     out = Path(out_dir) if out_dir is not None else None
     settings = _settings(
-        config, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model), mixed_precision
+        config, lr, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model), mixed_precision
     )
     history = History(dataset=dataset.name, note=dataset.note)
     start = 1
@@ -224,15 +263,19 @@ def fit(
         backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
     if out is not None:
         with atomic_path(out / RUN_INFO) as temporary:
-            info = {**settings, "epochs": config.epochs, "device": device, "note": dataset.note}
-            temporary.write_text(json.dumps(info, indent=2))
+            info = {**settings, "epochs": config.epochs, "device": str(device), "note": dataset.note,
+                    "note_details": list(dataset.details)}
+            temporary.write_text(json.dumps(info, indent=2) + "\n")
     if dataset.note:
         log(dataset.note)
-    log(f"training on {device}" + (" in mixed precision (bfloat16)" if mixed_precision else ""))
+        for line in dataset.details:
+            log(f"  {line}")
+    precision = " in mixed precision (bfloat16)" if mixed_precision else ""
+    log(f"training on {device} with learning rate {lr:g}{precision}")
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
-    train_step = backend.make_train_step(model, config.lr, compile=compile, mixed_precision=mixed_precision)
+    train_step = backend.make_train_step(model, lr, compile=compile, mixed_precision=mixed_precision)
     predict = backend.make_predict(model, mixed_precision=mixed_precision)
     for epoch in range(start, config.epochs + 1):
         losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress)
@@ -252,7 +295,8 @@ def fit(
             f"val_acc {val_acc:.4f}, {row['images_per_s']:.0f} images/s"
         )
         if out is not None:
-            write_weights(backend.get_arrays(model), out / CHECKPOINT, {**settings, "epoch": str(epoch), "spec": repr(spec)})
+            header = {**{k: str(v) for k, v in settings.items()}, "epoch": str(epoch), "spec": repr(spec)}
+            write_weights(backend.get_arrays(model), out / CHECKPOINT, header)  # safetensors headers hold text
             _write_metrics(history.rows, out / METRICS)
             plot_curves(history.rows, out / CURVES, f"{settings['model']} on {dataset.name} ({backend.NAME})")
     return history

@@ -1,5 +1,6 @@
-"""The ``resnet`` command (``resnet.cli``, also ``python -m resnet``): a quick training run, the layer summaries of
-the chapter's and the family's models, the family's table, and the usage errors it reports.
+"""The ``resnet`` command (``resnet.cli``, also ``python -m resnet``): a quick training run, the offline fallback and
+the learning rate it trains with, the layer summaries of the chapter's and the family's models, the family's table,
+its help text, and the usage errors it reports.
 
 Runs of the installed command go through a fresh interpreter with ``RESNET_BACKEND`` set, as a user would type
 them; the others call ``resnet.cli.main`` in-process, which is the code path of the command.
@@ -7,6 +8,7 @@ them; the others call ``resnet.cli.main`` in-process, which is the code path of 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 
 from resnet import specs
 from resnet.cli import main
+from resnet.models import build_model
 from resnet.shapes import family_table, macs, model_part_shapes
 
 
@@ -32,6 +35,72 @@ def test_train_quick_run(backend_name, tmp_path):
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("final validation accuracy: ") and f"{backend_name})" in last and "OFFLINE" in last
     assert {"metrics.csv", "curves.png", "last.safetensors", "run.json"} <= set(os.listdir(tmp_path / "run"))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["lr"] == 0.05 and info["epochs"] == 1 and info["resize"] == 16 and info["mixed_precision"] is False
+
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz")
+
+
+def test_train_offline_says_why_and_keeps_the_lr(backend_name, fresh_selection, tmp_path, monkeypatch, capsys):
+    """Offline, ``resnet train`` prints and stores one line per file (URL and error) and where to put the four
+    files; the model is built with --lr as the chapter's ResNet18(lr=0.01), and run.json has typed values."""
+    from resnet import cli, data
+
+    monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://127.0.0.1:9/"])  # nothing listens on port 9
+    monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
+    built = []
+    monkeypatch.setattr(cli, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
+    monkeypatch.chdir(tmp_path)
+    assert main(["--backend", backend_name, "train", "--data-dir", "cache", "--epochs", "1", "--resize", "8",
+                 "--batch-size", "512", "--lr", "0.05", "--out", "run", "--no-progress", "--cpu"]) == 0
+    out = capsys.readouterr().out
+    assert built[0].lr == 0.05
+    directory = os.path.join("cache", "fashion-mnist")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["note"].startswith("WARNING: Fashion-MNIST is neither cached nor downloadable")
+    *reasons, advice = info["note_details"]
+    for name, line in zip(FILES, reasons, strict=True):
+        assert line.startswith(f"{name}: http://127.0.0.1:9/{name} ") and "refused" in line.lower(), line
+        assert f"  {line}\n" in out
+    assert directory in advice and all(name in advice for name in FILES) and f"  {advice}\n" in out
+    assert {k: info[k] for k in ("lr", "epochs", "batch_size", "resize", "seed", "mixed_precision", "dtype")} == {
+        "lr": 0.05, "epochs": 1, "batch_size": 512, "resize": 8, "seed": 0, "mixed_precision": False,
+        "dtype": "float32"}
+    assert "with learning rate 0.05" in out
+
+
+def test_models_by_name_keep_their_lr(rn):
+    assert build_model("resnet18", rn, lr=0.01).lr == 0.01 and build_model("resnet18", rn).lr == specs.DEFAULT_LR
+    assert build_model("resnet34", rn, 10, 1, lr=0.02).lr == 0.02
+    with pytest.raises(ValueError, match="lr must be a positive, finite number"):
+        build_model("resnet18", rn, lr=-1)
+
+
+def test_help_reads_as_plain_text(capsys):
+    """``resnet --help`` and every subcommand's help show no reStructuredText backquotes."""
+    for args in ([], ["train"], ["summary"], ["family"], ["bench"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--help"])
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: resnet" in text and "``" not in text, text
+        if not args:
+            assert "The resnet command (also python -m resnet)" in text and "resnet train --dataset digits" in text
+
+
+def test_summary_header_describes_the_input_given(backend_name, fresh_selection, capsys):
+    assert main(["--backend", backend_name, "summary", "resnet18", "--input-shape", "1,3,96,96"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "input (1, 3, 96, 96): batch 1, 3 input channels, 96x96, 10 classes" in header
+    assert "1 input channel" not in header
+
+
+def test_summary_refuses_an_nhwc_shape_first(backend_name, fresh_selection, capsys):
+    assert main(["--backend", backend_name, "summary", "resnet18", "--input-shape", "1,96,96,1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "looks like NHWC" in captured.err and "pass (1, 1, 96, 96)" in captured.err
 
 
 def test_summary_of_resnet18(backend_name, tmp_path):
@@ -62,6 +131,7 @@ def test_family_prints_the_table(capsys):
         (("train", "--model", "resnet99"), "unknown model 'resnet99'. Known models:"),
         (("train", "--epochs", "0"), "epochs must be a positive integer"),
         (("train", "--resize", "-3"), "resize must be a positive integer"),
+        (("train", "--lr", "0"), "lr must be a positive, finite number"),
         (("train", "--out", "/proc/no/such/dir", "--dataset", "digits"), "not writable"),
         (("train", "--resume", "--out", "empty"), "no run to resume in empty"),
         (("summary", "resnet99"), "unknown model"),

@@ -105,7 +105,7 @@ def test_download_and_parse(fashion_server, tmp_path):
     "mode, message",
     [
         ("corrupt", "checksum mismatch"),
-        ("truncated", "(?s)could not download train-labels.*(IncompleteRead|stopped after)"),
+        ("truncated", "(?s)could not get Fashion-MNIST.*\n  train-labels-idx1-ubyte.gz: .*(IncompleteRead|stopped)"),
     ],
 )
 def test_bad_transfer_leaves_nothing_in_cache(fashion_server, tmp_path, mode, message):
@@ -130,20 +130,77 @@ def test_corrupt_cached_file_is_replaced(fashion_server, tmp_path):
 
 
 def test_unreachable_everywhere(tmp_path):
-    with pytest.raises(DownloadError, match="(?s)could not download x.gz.*published MD5 abc"):
+    with pytest.raises(DownloadError, match="(?s)could not download x.gz.*published MD5 abc") as caught:
         download("x.gz", "abc", tmp_path, ["http://127.0.0.1:9/"], timeout=2)
     assert os.listdir(tmp_path) == []
+    (attempt,) = caught.value.attempts
+    assert attempt.url == "http://127.0.0.1:9/x.gz" and attempt.unreachable and "refused" in attempt.error.lower()
+    assert caught.value.details[0] == f"http://127.0.0.1:9/x.gz failed ({attempt.error})"
+
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz")
 
 
 def test_auto_falls_back_to_digits_loudly(tmp_path, monkeypatch):
+    """Offline, the note says why in one line per file (its URL and the error), then names the four files and
+    the directory to put them in: nothing is cut off, in the note's details or in the error's message."""
     monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://127.0.0.1:9/"])
     monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
     dataset = load_dataset("auto", tmp_path)
     assert dataset.name == "digits" and dataset.note.startswith("WARNING: Fashion-MNIST is neither cached")
-    with pytest.raises(DownloadError):
+    *reasons, advice = dataset.details
+    assert [line.split(": ", 1)[0] for line in reasons] == list(FILES)
+    for name, line in zip(FILES, reasons, strict=True):
+        assert f"http://127.0.0.1:9/{name} " in line and "refused" in line.lower(), line
+    directory = str(tmp_path / "fashion-mnist")
+    assert directory in advice and all(name in advice for name in FILES) and "--dataset digits" in advice
+    with pytest.raises(DownloadError) as caught:
         load_dataset("fashion-mnist", tmp_path)
+    message = str(caught.value)
+    assert message.splitlines() == [f"could not get Fashion-MNIST into {directory}:", *(f"  {line}" for line in
+                                                                                       dataset.details)]
     with pytest.raises(ValueError, match="unknown dataset 'cifar'. Known datasets: auto, fashion-mnist, digits"):
         load_dataset("cifar")
+
+
+def test_unreachable_host_is_asked_once(tmp_path, monkeypatch):
+    """A host that gives no answer at all is not asked for the other three files (offline, each would wait for
+    the timeout); their lines say so, with the URL and the error."""
+    import urllib.error
+
+    from resnet import download as download_module
+
+    asked = []
+
+    def no_answer(url, *args):
+        asked.append(url)
+        raise urllib.error.URLError(TimeoutError("timed out"))
+
+    monkeypatch.setattr(download_module, "_fetch", no_answer)
+    monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://a.invalid/", "http://b.invalid/"])
+    monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
+    with pytest.raises(DownloadError) as caught:
+        load_fashion_mnist(tmp_path)
+    assert asked == [f"http://{host}.invalid/{FILES[0]}" for host in "ab"]
+    lines = caught.value.details
+    assert lines[0] == (f"{FILES[0]}: http://a.invalid/{FILES[0]} failed (no answer within 60 s); "
+                        f"http://b.invalid/{FILES[0]} failed (no answer within 60 s)")
+    assert lines[3] == (f"{FILES[3]}: http://a.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
+                        f"within 60 s); http://b.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
+                        "within 60 s)")
+
+
+def test_one_missing_file_is_named_and_the_others_kept(fashion_server, tmp_path):
+    server, _ = fashion_server
+    del server.files["t10k-labels-idx1-ubyte.gz"]  # the server answers 404
+    with pytest.raises(DownloadError) as caught:
+        load_fashion_mnist(tmp_path / "cache")
+    reason, advice = caught.value.details
+    assert reason == (f"t10k-labels-idx1-ubyte.gz: {server.url}t10k-labels-idx1-ubyte.gz failed "
+                      "(HTTP Error 404: Not Found)")
+    assert str(tmp_path / "cache" / "fashion-mnist") in advice
+    assert sorted(os.listdir(tmp_path / "cache" / "fashion-mnist")) == sorted(FILES[:3])
 
 
 def test_digits_offline_set():

@@ -143,9 +143,45 @@ def test_missing_or_broken_framework_is_backend_unavailable(name, fresh_selectio
         resnet.Residual
     message = str(caught.value)
     assert f"the {name!r} backend (chosen by RESNET_BACKEND)" in message
-    assert f'pip install "resnet[{name}]"' in message
+    assert f'pip install "d2l-resnet[{name}]"' in message  # the index's "resnet" is another project's
+    assert f'in a clone of the project, in its directory: pip install -e ".[{name}]"' in message
     assert isinstance(caught.value.__cause__, AttributeError)
     assert isinstance(caught.value, ImportError)
+
+
+ALIASES = {"torch": "pytorch", "tensorflow": "tf", "jax": "flax", "mxnet": "gluon"}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_command_line_choice_is_named_in_errors(name, fresh_selection, monkeypatch, capsys):
+    """``resnet --backend tf ...`` says the backend was chosen by --backend, not by set_backend."""
+    from resnet.cli import main
+
+    def unavailable(module):
+        raise ModuleNotFoundError(f"No module named {module!r}")
+
+    monkeypatch.setattr(selection.importlib, "import_module", unavailable)
+    assert main(["--backend", ALIASES[name], "summary", "resnet18"]) == 2
+    message = capsys.readouterr().err
+    assert f"the {name!r} backend (chosen by --backend) cannot be used" in message
+    assert f'pip install "d2l-resnet[{name}]"' in message
+    assert selection.choose_backend(name, "--backend") == name and selection._resolve() == (name, "--backend")
+    resnet.set_backend(name)
+    assert selection._resolve() == (name, "set_backend")
+
+
+def test_install_hints_name_our_distribution():
+    """pyproject's name, the README and every hint in the package say d2l-resnet, never the index's "resnet"."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    assert re.search(r'(?m)^name = "d2l-resnet"$', (root / "pyproject.toml").read_text())
+    assert selection.DISTRIBUTION == "d2l-resnet"
+    texts = {path: path.read_text() for path in [root / "README.md", *(root / "resnet").rglob("*.py")]}
+    stale = [str(path) for path, text in texts.items() if re.search(r"(?<![-\w])resnet\[", text)]
+    assert not stale, f"install hints naming the index's unrelated 'resnet': {stale}"
+    assert 'pip install "d2l-resnet[jax]"' in texts[root / "README.md"]
 
 
 def test_mxnet_on_new_numpy_is_reported_clearly():

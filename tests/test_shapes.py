@@ -1,8 +1,10 @@
 """The chapter's shapes: every backend gives the chapter's blocks and ResNets the shapes of the shared shape
-arithmetic, in NCHW order, and the same parameter counts; bad arguments and inputs are refused clearly."""
+arithmetic, in NCHW order, and the same parameter counts; bad arguments and inputs (an NHWC shape given as NCHW)
+are refused clearly."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,6 +160,49 @@ def test_bad_arch(rn):
 def test_bad_input_shape(rn):
     with pytest.raises(ValueError, match="four positive integers in NCHW"):
         resnet.output_shape(rn.Residual(3), (3, 6, 6))
+
+
+NHWC_CALLS = {
+    "layer_summary": lambda model, shape: resnet.layer_summary(model, shape),
+    "output_shape": resnet.output_shape,
+    "num_params": resnet.num_params,
+    "macs": resnet.macs,
+    "forward": lambda model, shape: resnet.forward(model, np.zeros(shape, np.float32)),
+}
+
+
+@pytest.mark.parametrize("call", NHWC_CALLS, ids=list(NHWC_CALLS))
+def test_nhwc_shape_to_the_nchw_api_says_so(rn, call):
+    """The book's TensorFlow/JAX shape (1, 96, 96, 1) given to the NCHW common API: a ValueError naming the shape,
+    saying the API takes NCHW and giving the NCHW shape, and the NHWC ways (layout="NHWC", the model's method)."""
+    with pytest.raises(ValueError) as caught:
+        NHWC_CALLS[call](rn.ResNet18(), (1, 96, 96, 1))
+    message = str(caught.value)
+    assert "(1, 96, 96, 1) looks like NHWC" in message and "takes NCHW" in message
+    assert "pass (1, 1, 96, 96)" in message and 'layout="NHWC"' in message and "model.layer_summary" in message
+
+
+def test_nchw_shape_with_layout_nhwc_says_so(rn):
+    with pytest.raises(ValueError, match=r"\(1, 1, 96, 96\) looks like NCHW.*pass \(1, 96, 96, 1\)"):
+        resnet.summary_lines(rn.ResNet18(), (1, 1, 96, 96), layout="NHWC")
+    lines = resnet.summary_lines(rn.ResNet18(), (1, 96, 96, 1), layout="NHWC")
+    assert lines[-2] == "b5    output shape: (1, 3, 3, 512)"
+
+
+def test_layout_rule_never_refuses_a_square_nchw_input():
+    """The rule (resnet.api's docstring) refuses (N, A, A, 1 or 3) with A > 4 only: every square NCHW input, and
+    the non-square ones a block sees deep in a network such as (1, 512, 3, 3), pass."""
+    from resnet.api import check_input_shape
+
+    for shape in [(n, c, s, s) for n in (1, 2) for c in range(1, 70) for s in range(1, 40)]:
+        assert check_input_shape(shape) == shape
+    for shape in [(1, 512, 3, 3), (1, 3, 3, 3), (1, 4, 4, 1), (2, 64, 3, 1), (1, 96, 95, 1), (1, 96, 96, 2)]:
+        assert check_input_shape(shape) == shape
+    for shape in [(1, 96, 96, 1), (8, 224, 224, 3), (1, 5, 5, 1)]:
+        with pytest.raises(ValueError, match="looks like NHWC"):
+            check_input_shape(shape)
+    for shape in [(1, 96, 96, 1), (1, 512, 3, 3), (1, 3, 3, 3)]:  # NHWC shapes that pass as NHWC
+        assert check_input_shape(shape, "NHWC") == shape
 
 
 def test_book_groups_convention_documented():

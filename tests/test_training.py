@@ -4,6 +4,7 @@ an interrupted run, checkpoints, the compiled train step, and the precision a mo
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -157,6 +158,64 @@ def test_resume_refuses_another_model(rn, digits, tmp_path):
     with pytest.raises(ValueError, match="other settings .*lr: 0.05 -> 0.1"):
         fit(rn.ResNet18(), data, TrainConfig(2, 32, 0.1, 16), tmp_path, resume=True, progress=False,
             log=lambda line: None)
+    with pytest.raises(ValueError, match="other settings .*lr: 0.05 -> 0.1"):  # the model's own lr, the book's 0.1
+        fit(rn.ResNet18(), data, TrainConfig(2, 32, None, 16), tmp_path, resume=True, progress=False,
+            log=lambda line: None)
+    resumed = fit(rn.ResNet18(lr=0.05), data, TrainConfig(2, 32, None, 16), tmp_path, resume=True, progress=False,
+                  log=lambda line: None)  # the same lr, kept by the model
+    assert [row["epoch"] for row in resumed.rows] == [1, 2]
+
+
+def test_lr_none_trains_with_the_models_own(rn, digits, tmp_path):
+    """``TrainConfig(lr=None)`` (the default) takes the book's ``model.lr``: ``ResNet18(lr=0.05)`` trains as
+    ``TrainConfig(lr=0.05)`` does, and run.json records the learning rate used, with typed values."""
+    data = subset(digits, 128, 32)
+    logged = []
+    own = fit(rn.ResNet18(lr=0.05), data, TrainConfig(1, 64, None, 16), tmp_path / "own", progress=False,
+              log=logged.append)
+    given = fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 16), tmp_path / "given", progress=False,
+                log=lambda line: None)
+    default = fit(rn.ResNet18(), data, TrainConfig(1, 64, None, 16), tmp_path / "default", progress=False,
+                  log=lambda line: None)
+    np.testing.assert_allclose(own.step_losses, given.step_losses, rtol=1e-6)
+    assert own.step_losses[0] == pytest.approx(default.step_losses[0], rel=1e-6)  # the same start
+    assert abs(own.step_losses[1] - default.step_losses[1]) > 1e-4  # a step of 0.05, not the book's 0.1
+    info = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("own", "default")}
+    assert info["own"]["lr"] == 0.05 and info["default"]["lr"] == specs.DEFAULT_LR == 0.1
+    assert next(line for line in logged if line.startswith("training on ")).endswith(" with learning rate 0.05")
+    typed = {k: info["own"][k] for k in ("epochs", "batch_size", "lr", "resize", "seed", "mixed_precision")}
+    assert typed == {"epochs": 1, "batch_size": 64, "lr": 0.05, "resize": 16, "seed": 0, "mixed_precision": False}
+    assert info["own"]["note"] == data.note and info["own"]["note_details"] == []
+
+
+def test_train_config_checks_lr():
+    assert TrainConfig().lr is None and TrainConfig(lr=1).lr == 1
+    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="lr must be a positive, finite number"):
+            TrainConfig(lr=bad)
+
+
+@pytest.mark.parametrize(
+    "saved, value, same",
+    [("0.05", 0.05, True), ("1", 1.0, True), ("0.1", 0.05, False), ("16", 16, True), ("None", None, True),
+     ("16", None, False), ("False", False, True), ("True", False, False), ("float32", "float32", True),
+     (None, 0.05, False), ("abc", 0.05, False)],
+)
+def test_checkpoint_settings_compare_as_values(saved, value, same):
+    """A checkpoint's header holds its settings as text (old and new alike): they compare with the run's
+    typed settings as values, so ``lr "1"`` (an int lr of an older run) resumes with ``lr=1.0``."""
+    assert training._same_setting(saved, value) is same
+
+
+def test_offline_note_is_logged_and_stored_whole(rn, digits, tmp_path):
+    details = ("train-images-idx3-ubyte.gz: http://x/train-images-idx3-ubyte.gz failed (refused)",
+               "Put the four files ... into /data/fashion-mnist")
+    data = Dataset(**{**subset(digits, 64, 32).__dict__, "note": "WARNING: offline", "details": details})
+    logged = []
+    fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 8), tmp_path, progress=False, log=logged.append)
+    assert logged[:3] == ["WARNING: offline", *(f"  {line}" for line in details)]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["note"] == "WARNING: offline" and info["note_details"] == list(details)
 
 
 def test_compile_option_gives_the_same_step(rn):

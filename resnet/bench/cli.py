@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     selected(args.only)  # unknown names fail before any framework is imported
     if args.bench_backend:
-        selection.set_backend(args.bench_backend)
+        selection.choose_backend(args.bench_backend, "--backend")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rn = selection.backend_module()
     result = run_benchmark(rn, settings, args.only)
