@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import mxnet as mx
-from mxnet.gluon import nn
 
 from resnet import specs
-from resnet.backends.mxnet.layers import Shortcut, _relu, make_layer
+from resnet.backends.mxnet.layers import BothSemantics, Shortcut, _relu, check_names, named_layers
 from resnet.docs import CLASS_DOCS
 from resnet.specs import BlockSpec
 from resnet.walk import attach_layers
@@ -16,21 +15,25 @@ from resnet.walk import attach_layers
 __all__ = ["BasicBlock", "Bottleneck", "PreActBasic", "PreActBottleneck", "ResNeXtBlock", "Residual"]
 
 
-class Block(nn.HybridBlock):
-    """What every block shares: its description ``spec``, its layers, named as the description names them, and
-    the check of its input before Gluon runs it. ``kwargs`` are Gluon's (``prefix``, ``params``)."""
+class Block(BothSemantics):
+    """What every block shares: its description ``spec``, its layers, named as the description names them (the
+    attributes, and their parameters' names: ``residual0_conv1_weight``), the check of its input before Gluon
+    runs it, and both numpy semantics (``BothSemantics``). ``kwargs`` are Gluon's (``prefix``, ``params``)."""
 
     def __init__(self, spec: BlockSpec, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
-        attach_layers(self, spec, make_layer, Shortcut)
+        with self.name_scope():
+            shortcut = lambda conv, batch_norm: Shortcut(conv, batch_norm, prefix="downsample_")  # noqa: E731
+            attach_layers(self, spec, named_layers(spec), shortcut)
+        check_names(self)
 
     def check_input(self, X: Any) -> None:
         """The identity shortcut needs the input to have the output's shape: a clear error, not a broadcast one.
 
         Only an NDArray has a shape: inside a hybridized parent the blocks see shapeless Symbols, and there the
         parent (a ResNet's stage) guarantees the shapes."""
-        if isinstance(X, mx.nd.NDArray):
+        if isinstance(X, mx.nd.NDArray):  # mxnet.numpy arrays too
             specs.check_block_input(self.spec, X.shape[1])
 
     def forward(self, X: Any) -> Any:

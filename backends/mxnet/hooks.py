@@ -6,7 +6,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
+from mxnet.util import is_np_array
 
+from resnet.backends.mxnet.layers import as_kind, semantics_of
 from resnet.backends.mxnet.models import ResNet
 from resnet.contract import MODEL_HOOKS, declared, hook
 from resnet.layouts import array_to_native, array_to_nchw
@@ -28,11 +30,15 @@ _TENSOR_ATTRIBUTES = {
 
 @hook
 def to_native(x: np.ndarray, dtype: str = "float32") -> mx.nd.NDArray:
-    return mx.nd.array(array_to_native(np.asarray(x, dtype=dtype), LAYOUT), dtype=dtype)
+    """An ``mxnet.numpy`` array under MXNet's numpy semantics (``npx.set_np()``), a legacy NDArray otherwise;
+    the models take either."""
+    array = mx.np.array if is_np_array() else mx.nd.array
+    return array(array_to_native(np.asarray(x, dtype=dtype), LAYOUT), dtype=dtype)
 
 
 @hook
 def to_numpy(y: mx.nd.NDArray) -> np.ndarray:
+    """Either kind of array (``mxnet.numpy`` or legacy)."""
     return array_to_nchw(y.asnumpy(), LAYOUT)
 
 
@@ -75,14 +81,16 @@ def is_built(model: nn.HybridBlock) -> bool:
 def initialize(model: nn.HybridBlock) -> None:
     """Give every parameter not yet initialized an initializer, as the book's ``net.initialize(init.Xavier())``.
 
-    Gluon creates the arrays at the first call, once the input size is known (deferred initialization).
+    Gluon creates the arrays at the first call, once the input size is known (deferred initialization), in
+    the model's numpy semantics.
     """
-    for param in model.collect_params().values():
-        try:
-            param.list_ctx()  # raises while the parameter has no initializer at all
-        except RuntimeError:
-            # default_init: a layer's own initializer (zeros for biases, ones for BN scales) takes precedence.
-            param.initialize(default_init=mx.init.Xavier())
+    with semantics_of(model):
+        for param in model.collect_params().values():
+            try:
+                param.list_ctx()  # raises while the parameter has no initializer at all
+            except RuntimeError:
+                # default_init: a layer's own initializer (zeros for biases, ones for BN scales) takes precedence.
+                param.initialize(default_init=mx.init.Xavier())
 
 
 @hook
@@ -91,7 +99,7 @@ def build(model: nn.HybridBlock, input_shape: tuple[int, ...]) -> None:
     layers their input sizes and their arrays."""
     if not is_built(model):
         initialize(model)
-        apply(model, mx.nd.zeros(input_shape, dtype=dtype_of(model)), training=False)
+        apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
 
 
 @hook
@@ -99,13 +107,23 @@ def apply(model: nn.HybridBlock, x: mx.nd.NDArray, training: bool) -> mx.nd.NDAr
     """MXNet updates the running averages in the backward pass, not the forward: in training mode this records
     the forward and runs a backward with a zero output gradient, as a training step would. That backward
     writes all-zero parameter gradients (and adds zero where ``grad_req`` is ``'add'``), so nothing leaks
-    into a later training step."""
-    if not training:
-        with autograd.pause(train_mode=False):  # no recording, BatchNorm with its running averages
-            return model(x)
-    y = _recorded_training_forward(model, x)
-    y.backward(mx.nd.zeros_like(y))
-    return y
+    into a later training step. It runs in the model's numpy semantics, taking either kind of array and
+    returning the caller's kind."""
+    numpy = is_np_array()
+    with semantics_of(model):
+        x = as_kind(x, is_np_array())
+        if not training:
+            with autograd.pause(train_mode=False):  # no recording, BatchNorm with its running averages
+                y = model(x)
+        else:
+            y = _recorded_training_forward(model, x)
+            y.backward(_zeros_like(y))
+    return as_kind(y, numpy)
+
+
+def _zeros_like(y: mx.nd.NDArray) -> mx.nd.NDArray:
+    """Zeros of ``y``'s shape, dtype and kind (``mxnet.numpy`` or legacy)."""
+    return mx.np.zeros_like(y) if isinstance(y, mx.np.ndarray) else mx.nd.zeros_like(y)
 
 
 def _recorded_training_forward(model: nn.HybridBlock, x: mx.nd.NDArray) -> mx.nd.NDArray:
@@ -123,12 +141,15 @@ def _recorded_training_forward(model: nn.HybridBlock, x: mx.nd.NDArray) -> mx.nd
 
 @hook
 def part_outputs(model: nn.HybridBlock, x: mx.nd.NDArray) -> list[tuple[str, mx.nd.NDArray]]:
+    """The parts are Gluon's own HybridSequentials: they run in the model's numpy semantics."""
     if not isinstance(model, ResNet):
         return [(type(model).__name__, apply(model, x, training=False))]
-    outputs = []
-    for name in model.spec.part_names:
-        x = apply(getattr(model.net, name), x, training=False)
-        outputs.append((name, x))
+    numpy, outputs = is_np_array(), []
+    with semantics_of(model):
+        x = as_kind(x, is_np_array())
+        for name in model.spec.part_names:
+            x = apply(getattr(model.net, name), x, training=False)
+            outputs.append((name, as_kind(x, numpy)))
     return outputs
 
 
@@ -162,9 +183,10 @@ def get_arrays(model: nn.HybridBlock) -> dict[str, np.ndarray]:
 @hook
 def set_arrays(model: nn.HybridBlock, arrays: dict[str, np.ndarray]) -> None:
     native = _native_items(model)
-    for name, value in arrays.items():
-        # set_data copies into the existing arrays, which a hybridized model's cached graph reads.
-        native[name].set_data(to_native(value, native[name].dtype))
+    with semantics_of(model):  # arrays of the parameters' kind
+        for name, value in arrays.items():
+            # set_data copies into the existing arrays, which a hybridized model's cached graph reads.
+            native[name].set_data(to_native(value, np.dtype(native[name].dtype).name))
 
 
 def _native_grads(model: nn.HybridBlock) -> dict[str, np.ndarray]:
@@ -180,7 +202,8 @@ def _native_grads(model: nn.HybridBlock) -> dict[str, np.ndarray]:
 def vjp(model: nn.HybridBlock, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     build(model, x.shape)
     dtype = dtype_of(model)
-    # Not apply(training=True): its own zero-gradient backward would update the running averages twice.
-    y = _recorded_training_forward(model, to_native(x, dtype))
-    y.backward(to_native(output_grad, dtype))  # grad_req 'write': overwrites any earlier gradient
+    with semantics_of(model):
+        # Not apply(training=True): its own zero-gradient backward would update the running averages twice.
+        y = _recorded_training_forward(model, to_native(x, dtype))
+        y.backward(to_native(output_grad, dtype))  # grad_req 'write': overwrites any earlier gradient
     return to_numpy(y), _native_grads(model)

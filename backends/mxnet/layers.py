@@ -1,17 +1,85 @@
 """Gluon layers from layer descriptions: convolutions (grouped ones in channel chunks where MXNet's own kernel
-is slow), BatchNorm and dense layers, inferring their input sizes at the first call like the book's, and the
-ReLU and named sequential containers the blocks and models use."""
+is slow), BatchNorm and dense layers, inferring their input sizes at the first call like the book's, the ReLU
+and named sequential containers the blocks and models use, and what lets them work with and without MXNet's
+numpy semantics (``npx.set_np()``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
+import numpy as np
 from mxnet.gluon import nn
+from mxnet.util import is_np_array, np_array, np_shape
 
 from resnet import specs
-from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
+from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec
 
-__all__ = ["ChunkedConv2D", "Shortcut", "make_layer"]
+__all__ = [
+    "BothSemantics", "ChunkedConv2D", "Shortcut", "as_kind", "check_names", "make_layer", "named_layers",
+    "named_sequential", "numpy_semantics", "semantics_of",
+]
+
+# ----------------------------------------------------------------------------------- MXNet's two semantics
+#
+# After ``npx.set_np()`` (the chapter's MXNet code starts with it) Gluon's layers take and return
+# ``mxnet.numpy`` arrays, which MXNet's legacy operators refuse, and the reverse without it; a Gluon layer
+# is also bound to the semantics it was made in (its operator names and placeholder shapes are fixed then).
+# So each of our blocks and models computes in the semantics it was made in, and converts at its boundary:
+# it takes either kind of array and returns the kind of the caller's semantics. The conversions share memory
+# and autograd records them, so the numbers, the gradients and the running averages are those of one kind.
+
+
+@contextlib.contextmanager
+def numpy_semantics(active: bool) -> Iterator[None]:
+    """Within: MXNet's numpy semantics on (``active``) or off, shapes and arrays both, as ``npx.set_np()`` and
+    ``npx.reset_np()`` set them; the caller's are back on exit."""
+    # MXNet refuses numpy arrays without numpy shapes: shapes go on first and off last.
+    with contextlib.ExitStack() as stack:
+        for scope in (np_shape, np_array) if active else (np_array, np_shape):
+            stack.enter_context(scope(active))
+        yield
+
+
+def as_kind(x: Any, numpy: bool) -> Any:
+    """An NDArray or Symbol as an ``mxnet.numpy`` one (``numpy``) or a legacy one, sharing its memory (each kind
+    converts to itself as itself); anything else unchanged."""
+    convert = getattr(x, "as_np_ndarray" if numpy else "as_nd_ndarray", None)
+    return x if convert is None else convert()
+
+
+class BothSemantics(nn.HybridBlock):
+    """A HybridBlock that computes in the numpy semantics it was made in (``npx.set_np()`` or not), whatever
+    the caller's: called, it takes ``mxnet.numpy`` arrays and legacy NDArrays alike and returns the kind of
+    the caller's semantics; ``initialize`` runs in its semantics too (the parameters' arrays are of its kind).
+    ``kwargs`` are Gluon's (``prefix``, ``params``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._numpy = is_np_array()
+
+    def __call__(self, *args: Any) -> Any:
+        numpy = self._numpy
+        if is_np_array() == numpy:
+            return super().__call__(*(as_kind(a, numpy) for a in args))
+        with numpy_semantics(numpy):
+            out = super().__call__(*(as_kind(a, numpy) for a in args))
+        if isinstance(out, (list, tuple)):
+            return type(out)(as_kind(o, not numpy) for o in out)
+        return as_kind(out, not numpy)
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        """Gluon's ``initialize``, in this block's numpy semantics."""
+        with semantics_of(self):
+            super().initialize(*args, **kwargs)
+
+
+def semantics_of(block: nn.Block) -> contextlib.AbstractContextManager:
+    """Within: the numpy semantics ``block`` computes in (those it was made in for ours, the caller's for any
+    other block)."""
+    numpy = getattr(block, "_numpy", None)
+    return contextlib.nullcontext() if numpy is None or numpy == is_np_array() else numpy_semantics(numpy)
+
 
 # No BatchNorm subclass here (torch needs one): Gluon's BatchNorm already averages the *biased* batch
 # variance and infers its channel count at the first call. It updates the running averages in the
@@ -35,6 +103,7 @@ class ChunkedConv2D(nn.Conv2D):
         self._chunk = chunk
 
     def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
+        numpy = is_np_array()  # the two semantics name these operators differently
         options = dict(self._kwargs)
         groups, channels = options.pop("num_group"), options.pop("num_filter")
         chunks = channels // self._chunk
@@ -42,26 +111,39 @@ class ChunkedConv2D(nn.Conv2D):
         if chunks == 1:
             inputs, weights, biases = [x], [weight], [bias]
         else:  # our grouped convolutions map as many channels in as out, so one split serves both sides
-            inputs, weights = F.split(x, num_outputs=chunks, axis=1), F.split(weight, num_outputs=chunks, axis=0)
-            biases = [None] * chunks if bias is None else F.split(bias, num_outputs=chunks, axis=0)
+            inputs, weights = _split(F, x, chunks, 1), _split(F, weight, chunks, 0)
+            biases = [None] * chunks if bias is None else _split(F, bias, chunks, 0)
+        convolution = F.npx.convolution if numpy else F.Convolution
+        dtype = np.dtype(self.weight.dtype).name
         outputs = []
         for index, (inputs_, weight_, bias_) in enumerate(zip(inputs, weights, biases)):
-            kernel = _block_diagonal(F, weight_, per_chunk)
+            kernel = _block_diagonal(F, weight_, per_chunk, self._chunk, options["kernel"], dtype)
             operands = (inputs_, kernel) if bias_ is None else (inputs_, kernel, bias_)
-            outputs.append(F.Convolution(*operands, name=f"chunk{index}", num_group=1, num_filter=self._chunk,
-                                         **options))
-        return outputs[0] if chunks == 1 else F.concat(*outputs, dim=1)
+            outputs.append(convolution(*operands, name=f"chunk{index}", num_group=1, num_filter=self._chunk, **options))
+        if chunks == 1:
+            return outputs[0]
+        return F.np.concatenate(outputs, axis=1) if numpy else F.concat(*outputs, dim=1)
 
 
-def _block_diagonal(F: Any, weight: Any, groups: int) -> Any:
-    """A grouped OIHW kernel (out, in // groups, kh, kw) as the dense (out, in, kh, kw) kernel it acts as."""
+def _split(F: Any, x: Any, parts: int, axis: int) -> list[Any]:
+    """``x`` in ``parts`` equal parts along ``axis``, in either semantics."""
+    return list(F.np.split(x, parts, axis=axis) if is_np_array() else F.split(x, num_outputs=parts, axis=axis))
+
+
+def _block_diagonal(F: Any, weight: Any, groups: int, channels: int, kernel: tuple[int, int], dtype: str) -> Any:
+    """A grouped OIHW kernel (channels, channels // groups, kh, kw) as the dense (channels, channels, kh, kw)
+    kernel it acts as, in either semantics."""
     if groups == 1:
         return weight
     # (out, in/g, kh, kw) -> (g, out/g, 1, in/g, kh, kw), times eye(g) over the two group axes, then merged
-    # back to the dense (out, in, kh, kw).
-    blocks = F.expand_dims(F.reshape(weight, shape=(-4, groups, -1, -2)), axis=2)
-    eye = F.reshape(F.eye(groups), shape=(groups, 1, groups, 1, 1, 1))
-    return F.reshape(F.broadcast_mul(blocks, eye), shape=(-3, -3, -2))
+    # back to the dense (out, in, kh, kw). The shapes are spelled out: the two semantics' reshape codes differ.
+    width = channels // groups
+    numpy = is_np_array()
+    reshape = (lambda a, shape: F.np.reshape(a, shape)) if numpy else (lambda a, shape: F.reshape(a, shape=shape))
+    blocks = reshape(weight, (groups, width, 1, width, *kernel))
+    eye = reshape(F.np.eye(groups, dtype=dtype) if numpy else F.eye(groups, dtype=dtype), (groups, 1, groups, 1, 1, 1))
+    product = F.np.multiply(blocks, eye) if numpy else F.broadcast_mul(blocks, eye)
+    return reshape(product, (channels, channels, *kernel))
 
 
 def _channels_per_chunk(channels: int, groups: int) -> int | None:
@@ -85,8 +167,9 @@ def _channels_per_chunk(channels: int, groups: int) -> int | None:
     return channels if 4 <= width <= 8 and channels <= 128 else None
 
 
-def make_layer(layer: LayerSpec) -> nn.HybridBlock:
-    """The native layer for a layer description, its input size inferred at the first call."""
+def make_layer(layer: LayerSpec, prefix: str | None = None) -> nn.HybridBlock:
+    """The native layer for a layer description, its input size inferred at the first call; ``prefix`` is
+    Gluon's (the start of its parameters' names, after the enclosing block's)."""
     if isinstance(layer, ConvSpec):
         square = layer.in_channels in (None, layer.out_channels)  # a ResNeXt block's is; chunks need it
         chunk = _channels_per_chunk(layer.out_channels, layer.groups) if layer.groups > 1 and square else None
@@ -94,17 +177,36 @@ def make_layer(layer: LayerSpec) -> nn.HybridBlock:
             # Its input size given, not inferred: the dense form hides the weight's shape from Gluon's inference.
             return ChunkedConv2D(
                 layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups,
-                use_bias=layer.bias, in_channels=layer.out_channels, chunk=chunk,
+                use_bias=layer.bias, in_channels=layer.out_channels, chunk=chunk, prefix=prefix,
             )
         return nn.Conv2D(
-            layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias
+            layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias,
+            prefix=prefix,
         )
     if isinstance(layer, BatchNormSpec):
         # Gluon's momentum is the weight of the old running value: the complement of ours.
-        return nn.BatchNorm(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON)
+        return nn.BatchNorm(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, prefix=prefix)
     if isinstance(layer, DenseSpec):
-        return nn.Dense(layer.out_features)
+        return nn.Dense(layer.out_features, prefix=prefix)
     raise TypeError(f"unknown layer description {layer!r}")
+
+
+def named_layers(spec: BlockSpec) -> Callable[[LayerSpec], nn.HybridBlock]:
+    """``make_layer`` for ``resnet.walk.attach_layers``, each layer's parameters named after its attribute
+    (``conv1_weight``, ``bn1_gamma``): it creates them in the order of ``spec.layers()``, and the block checks
+    the names afterwards (``check_names``)."""
+    names = iter([name for name in spec.layers() if "." not in name])
+    return lambda layer: make_layer(layer, prefix=f"{next(names)}_")
+
+
+def check_names(block: nn.HybridBlock) -> None:
+    """Every child of ``block`` is named as the attribute that holds it (its prefix ends in ``<attribute>_``)."""
+    for name, child in block._children.items():
+        if not child.prefix.endswith(f"{name}_"):
+            raise RuntimeError(
+                f"{type(block).__name__}.{name}'s parameters are named {child.prefix!r}...: resnet.walk.attach_layers "
+                "no longer creates the layers in the order of spec.layers(), which named_layers relies on"
+            )
 
 
 def _relu(F: Any, x: Any) -> Any:
@@ -112,8 +214,8 @@ def _relu(F: Any, x: Any) -> Any:
     ``relu`` has no MKL-DNN kernel, so each call converts its input out of MKL-DNN's blocked layout (and the
     next MKL-DNN operator converts it back).
     A ResNeXt block's train step (64 channels, batch 4, 48x48, 2-core CPU) took 22 against 38 ms with 2 groups
-    and 17 against 22 ms with 8."""
-    return F.Activation(x, act_type="relu")
+    and 17 against 22 ms with 8. Under numpy semantics the same operator is ``npx.activation``."""
+    return F.npx.activation(x, act_type="relu") if is_np_array() else F.Activation(x, act_type="relu")
 
 
 class Shortcut(nn.HybridBlock):
@@ -122,21 +224,26 @@ class Shortcut(nn.HybridBlock):
 
     def __init__(self, conv_spec: ConvSpec, batch_norm: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.conv = make_layer(conv_spec)
-        self.bn = make_layer(BatchNormSpec()) if batch_norm else None
+        with self.name_scope():
+            self.conv = make_layer(conv_spec, prefix="conv_")
+            self.bn = make_layer(BatchNormSpec(), prefix="bn_") if batch_norm else None
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
         X = self.conv(X)
         return X if self.bn is None else self.bn(X)
 
 
-def _sequential(parts: dict[str, nn.HybridBlock]) -> nn.HybridSequential:
-    """A HybridSequential whose children have names, like torch's ``nn.Sequential(OrderedDict(...))``.
+def named_sequential(prefix: str | None, make_parts: Callable[[], dict[str, nn.HybridBlock]]) -> nn.HybridSequential:
+    """A HybridSequential whose children have names, like torch's ``nn.Sequential(OrderedDict(...))``: the parts
+    that ``make_parts()`` returns, made in its name scope, so that their parameters' names are under it
+    (``<prefix>conv_weight``).
 
     ``add`` would name them "0", "1", ...; setting an attribute registers the child under that name, in
     order, and leaves it reachable as ``seq.<name>``.
     """
-    seq = nn.HybridSequential()
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        parts = make_parts()
     for name, part in parts.items():
         setattr(seq, name, part)
     return seq

@@ -8,11 +8,27 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm  # what BatchNorm2d and LazyBatchNorm2d share
 
 from resnet import specs
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = ["BatchNorm2d", "LazyBatchNorm2d", "Shortcut", "make_layer", "statistics_at_the_end"]
+
+
+def _batch_norm(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """The forward pass of ``BatchNorm2d`` below, for it and for ``LazyBatchNorm2d``'s first call."""
+    if not layer.training:
+        return nn.BatchNorm2d.forward(layer, x)
+    # native_batch_norm also returns the batch mean and 1/sqrt(var + eps): the biased variance for free. It
+    # normalizes one example too (PyTorch's F.batch_norm refuses a single value per channel; here that gives
+    # the shift, as in Keras, Flax and MXNet).
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, layer.weight, layer.bias, None, None, True, 0.0, layer.eps)
+    if _PENDING_STATISTICS is not None:  # inside a train step: updated with every other layer's at its end
+        _PENDING_STATISTICS.append((layer, mean, invstd))
+    else:
+        _update_statistics([(layer, mean, invstd)])
+    return y
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -23,25 +39,17 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        # native_batch_norm also returns the batch mean and 1/sqrt(var + eps): the biased variance for free.
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
-        if _PENDING_STATISTICS is not None:  # inside a train step: updated with every other layer's at its end
-            _PENDING_STATISTICS.append((self, mean, invstd))
-        else:
-            _update_statistics([(self, mean, invstd)])
-        return y
+        return _batch_norm(self, x)
 
 
 # (layer, batch mean, batch 1/sqrt(var + eps)) of each BatchNorm in the running train step's forward pass.
-_PENDING_STATISTICS: list[tuple[BatchNorm2d, torch.Tensor, torch.Tensor]] | None = None
+_PENDING_STATISTICS: list[tuple[_BatchNorm, torch.Tensor, torch.Tensor]] | None = None
 
 
-def _update_statistics(pending: Sequence[tuple[BatchNorm2d, torch.Tensor, torch.Tensor]]) -> None:
+def _update_statistics(pending: Sequence[tuple[_BatchNorm, torch.Tensor, torch.Tensor]]) -> None:
     """Move the layers' running averages towards their batch statistics, all layers in a few fused (foreach)
     operations: per layer, three small kernels each would make a GPU step wait on kernel launches."""
-    alike: dict[tuple[float, float], list[tuple[BatchNorm2d, torch.Tensor, torch.Tensor]]] = {}
+    alike: dict[tuple[float, float], list[tuple[_BatchNorm, torch.Tensor, torch.Tensor]]] = {}
     for item in pending:  # one group unless somebody changed a layer's eps or momentum
         alike.setdefault((item[0].eps, item[0].momentum), []).append(item)
     with torch.no_grad():
@@ -71,6 +79,12 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
     """``BatchNorm2d`` above, with its channel count inferred at the first call like the book's."""
 
     cls_to_become = BatchNorm2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The first call runs this method, not BatchNorm2d's: nn.Module looks the forward up before the lazy
+        # pre-hook creates the weights and swaps the class. Without it that call would be PyTorch's own
+        # BatchNorm (the unbiased variance in the running average, and an error for a batch of one).
+        return _batch_norm(self, x)
 
 
 def make_layer(layer: LayerSpec) -> nn.Module:

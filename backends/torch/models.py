@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from resnet import specs
+from resnet import api, specs
 from resnet.backends.torch import blocks
 from resnet.backends.torch.layers import make_layer
+from resnet.contract import declared
 from resnet.docs import CLASS_DOCS
 from resnet.specs import ModelSpec
 
@@ -20,6 +21,8 @@ __all__ = ["ResNet", "ResNet18", *specs.FAMILY]
 #: The native block for a block description.
 make_block = functools.partial(specs.build_block, blocks)
 
+LAYOUT = declared(__name__).layout
+
 
 class ResNet(nn.Module):
     __doc__ = CLASS_DOCS["ResNet"]
@@ -27,6 +30,7 @@ class ResNet(nn.Module):
     def __init__(
         self,
         arch: Sequence[Sequence[int]] | None = None,
+        lr: float = specs.DEFAULT_LR,
         num_classes: int = 10,
         *,
         spec: ModelSpec | None = None,
@@ -34,6 +38,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = specs.model_spec(arch, num_classes, spec)
+        self.lr = specs.learning_rate(lr)
         dtype = specs.check_dtype(dtype)
         parts: OrderedDict[str, nn.Module] = OrderedDict(b1=self.b1())
         for stage_name, stage in self.spec.stages:  # the book's self.block(...) for the book's arch
@@ -70,12 +75,35 @@ class ResNet(nn.Module):
         specs.check_model_input(self.spec, X.shape[1])
         return self.net(X)
 
+    def layer_summary(self, X_shape: Sequence[int]) -> None:
+        """The book's method: print each part's output shape for an input of ``X_shape`` (NCHW, as in the
+        book's PyTorch code: ``model.layer_summary((1, 1, 96, 96))``); ``resnet.layer_summary``."""
+        api.layer_summary(self, X_shape, layout=LAYOUT)
+
+    def apply_init(self, inputs: Sequence[torch.Tensor], init: Callable[[nn.Module], None] | None = None) -> None:
+        """The book's method: run the model once on ``inputs`` (a list of tensors, the model's arguments) to
+        create the lazy layers' weights, then ``self.apply(init)`` when ``init`` is given, e.g. the book's
+        ``model.apply_init([X], d2l.init_cnn)``.
+
+        The pass runs in inference mode without gradients, so, unlike the book's (which runs in the model's
+        mode), it leaves BatchNorm's running statistics at their initial values, as ``resnet.build`` does.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self(*inputs)
+        finally:
+            self.train(was_training)
+        if init is not None:
+            self.apply(init)
+
 
 class ResNet18(ResNet):
     __doc__ = CLASS_DOCS["ResNet18"]
 
-    def __init__(self, num_classes: int = 10, *, dtype: str = "float32") -> None:
-        super().__init__(specs.RESNET18_ARCH, num_classes, dtype=dtype)
+    def __init__(self, lr: float = specs.DEFAULT_LR, num_classes: int = 10, *, dtype: str = "float32") -> None:
+        super().__init__(specs.RESNET18_ARCH, lr, num_classes, dtype=dtype)
 
 
 # The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
