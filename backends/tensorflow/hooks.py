@@ -13,7 +13,7 @@ import keras  # isort: skip
 from resnet.backends.tensorflow.layers import Sequential
 from resnet.backends.tensorflow.models import ResNet
 from resnet.contract import MODEL_HOOKS, declared, hook
-from resnet.layouts import array_to_native, array_to_nchw, weight_to_canonical, weight_to_native
+from resnet.layouts import array_to_native, array_to_nchw, shape_to_native, weight_to_canonical, weight_to_native
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import native_layers, native_tensors
 
@@ -85,9 +85,10 @@ def is_built(model: keras.layers.Layer) -> bool:
 
 @hook
 def build(model: keras.layers.Layer, input_shape: tuple[int, ...]) -> None:
-    """One inference-mode pass over zeros gives the layers their input sizes."""
+    """Keras' ``model.build`` with the NHWC shape: each layer takes its input size from the description, and
+    nothing runs."""
     if not is_built(model):
-        apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
+        model.build(shape_to_native(tuple(input_shape), LAYOUT))
 
 
 @hook

@@ -4,6 +4,7 @@ input sizes are inferred at the first call, as Keras layers do."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import tensorflow as tf  # before keras: where TensorFlow is missing or broken, its own error is the one reported
@@ -19,7 +20,28 @@ if keras.backend.backend() != "tensorflow":
         "(KERAS_BACKEND or ~/.keras/keras.json); set KERAS_BACKEND=tensorflow"
     )
 
-__all__ = ["BatchNorm", "Conv2d", "MaxPool2d", "Sequential", "Shortcut", "make_layer"]
+__all__ = ["BatchNorm", "Conv2d", "MaxPool2d", "Sequential", "Shortcut", "check_policy", "make_layer"]
+
+#: Registers a class for ``keras.saving`` under ``resnet>ClassName``, so that ``keras.models.load_model`` finds
+#: it with no ``custom_objects`` (once ``resnet.backends.tensorflow`` is imported).
+serializable = keras.saving.register_keras_serializable(package="resnet")
+
+
+def check_policy(layer: keras.layers.Layer) -> None:
+    """Refuse a dtype policy other than float32 or float64 (a mixed one such as ``mixed_bfloat16``, float16,
+    bfloat16), which a layer takes from ``keras.config.set_dtype_policy`` when given no ``dtype``.
+
+    Mixed precision is refused here as the train step refuses it (``resnet.contract.check_mixed_precision``):
+    this project's TensorFlow is the CPU build, and the layers' fast kernels (the fused BatchNorm, the grouped
+    convolution) compute in the weights' precision."""
+    policy = layer.dtype_policy
+    if policy.name not in specs.DTYPES:
+        raise ValueError(
+            f"{type(layer).__name__} {layer.name!r} has the Keras dtype policy {policy.name!r} (the global one unless "
+            f"given a dtype), but resnet's Keras layers compute in {' or '.join(specs.DTYPES)} only: mixed precision "
+            "is refused in this CPU build of TensorFlow. Pass dtype='float32' or 'float64', or reset the global "
+            "policy with keras.config.set_dtype_policy('float32')"
+        )
 
 
 def _spatial_padding(padding: int) -> list[list[int]]:
@@ -27,6 +49,7 @@ def _spatial_padding(padding: int) -> list[list[int]]:
     return [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
 
+@serializable
 class Conv2d(keras.layers.Layer):
     """A convolution with explicit symmetric zero padding and groups, on ``tf.nn.conv2d``.
 
@@ -52,6 +75,15 @@ class Conv2d(keras.layers.Layer):
         if c.bias:
             self.bias = self.add_weight(name="bias", shape=(c.out_channels,), initializer="zeros")
 
+    def get_config(self) -> dict[str, Any]:
+        """Keras' config: the name and dtype policy, and the layer description as a dict."""
+        return {**super().get_config(), "spec": asdict(self.spec)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Conv2d":
+        config = dict(config)
+        return cls(ConvSpec(**config.pop("spec")), **config)
+
     def call(self, x: tf.Tensor) -> tf.Tensor:
         c = self.spec
         if c.stride == 1 and 2 * c.padding == c.kernel - 1:
@@ -62,12 +94,17 @@ class Conv2d(keras.layers.Layer):
         return y if self.bias is None else tf.nn.bias_add(y, self.bias)
 
 
+@serializable
 class MaxPool2d(keras.layers.Layer):
     """Max pooling with explicit symmetric padding, where padded cells never win (Keras' pads only 'same')."""
 
     def __init__(self, kernel: int, stride: int, padding: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras' config: the name and dtype policy, and the pooling's arguments."""
+        return {**super().get_config(), "kernel": self.kernel, "stride": self.stride, "padding": self.padding}
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # Padded cells are minus infinity, so they never win. (Padding with tf.pad and pooling VALID: the
@@ -76,6 +113,7 @@ class MaxPool2d(keras.layers.Layer):
         return tf.nn.max_pool2d(x, self.kernel, self.stride, "VALID")
 
 
+@serializable
 class BatchNorm(keras.layers.BatchNormalization):
     """Keras' ``BatchNormalization`` (the same weights, arguments and running-average updates), computed with
     TensorFlow's fused kernel (``FusedBatchNormV3``, oneDNN on a CPU) for 4-D channels-last float32 inputs.
@@ -125,14 +163,23 @@ class BatchNorm(keras.layers.BatchNormalization):
         return y
 
 
+@serializable
 class Sequential(keras.Sequential):
     """``keras.Sequential`` that can also be indexed (``stage[0]``) and measured (``len``), like PyTorch's, and
     that takes a ``dtype`` as other layers do (Keras' own casts its inputs to float32 whatever its layers')."""
 
-    def __init__(self, layers: Sequence[keras.layers.Layer], dtype: Any = None, **kwargs: Any) -> None:
+    def __init__(self, layers: Sequence[keras.layers.Layer] | None = None, dtype: Any = None, **kwargs: Any) -> None:
         super().__init__(layers, **kwargs)
         if dtype is not None:
             self.dtype_policy = dtype
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "Sequential":
+        # keras.Sequential's builds the model from its name alone, then adds the layers: the policy goes on after.
+        model = super().from_config(config, custom_objects)
+        if config.get("dtype") is not None:
+            model.dtype_policy = config["dtype"]
+        return model
 
     def __getitem__(self, index: int) -> keras.layers.Layer:
         return self.layers[index]
@@ -157,14 +204,33 @@ def make_layer(layer: LayerSpec, dtype: Any = None, name: str | None = None) -> 
     raise TypeError(f"unknown layer description {layer!r}")
 
 
+@serializable
 class Shortcut(keras.layers.Layer):
     """A projection shortcut, ``downsample`` in the family's blocks: a 1x1 convolution ``conv`` with the block's
     stride, then BN ``bn`` (none in a pre-activation block)."""
 
     def __init__(self, conv_spec: ConvSpec, batch_norm: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "downsample")  # its canonical name in a block
         super().__init__(**kwargs)
-        self.conv = make_layer(conv_spec, self.dtype_policy)
-        self.bn = make_layer(BatchNormSpec(), self.dtype_policy) if batch_norm else None
+        self.conv_spec, self.batch_norm = conv_spec, batch_norm
+        self.conv = make_layer(conv_spec, self.dtype_policy, name="conv")
+        self.bn = make_layer(BatchNormSpec(), self.dtype_policy, name="bn") if batch_norm else None
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        """Build the convolution and BN for the block's input (Keras' ``build``; nothing runs)."""
+        self.conv.build(input_shape)
+        if self.bn is not None:
+            self.bn.build((*input_shape[:-1], self.conv_spec.out_channels))
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras' config: the name and dtype policy, the convolution's description as a dict, and whether BN
+        follows it."""
+        return {**super().get_config(), "conv_spec": asdict(self.conv_spec), "batch_norm": self.batch_norm}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Shortcut":
+        config = dict(config)
+        return cls(ConvSpec(**config.pop("conv_spec")), **config)
 
     def call(self, X: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         X = self.conv(X)
