@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import resnet
+from helpers import INSTALLED
 from resnet import specs
+from resnet.init import initial_weights
 from resnet.models import MODELS, build_model, model_entry
 from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
 
@@ -188,3 +190,176 @@ def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
     before, after = rn.get_arrays(model), rn.get_arrays(fresh)
     assert sorted(after) == sorted(tensor_infos(spec, TINY))
     assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+# ------------------------------------------------------------ every backend: the book's signatures (issue 14)
+
+SMALL_ARCH = ((1, 64), (1, 32))
+#: The book's ResNet-18 summary at (1, 1, 96, 96): each part's output shape, NCHW.
+BOOK_SUMMARY = [("b1", (1, 64, 24, 24)), ("b2", (1, 64, 24, 24)), ("b3", (1, 128, 12, 12)), ("b4", (1, 256, 6, 6)),
+                ("b5", (1, 512, 3, 3)), ("last", (1, 10))]
+
+
+def _seeded(model, rn, x_shape, seed=3):
+    """``model`` built for ``x_shape`` with the reference initializer's seeded weights (the same in every model)."""
+    rn.build(model, x_shape)
+    rn.set_arrays(model, initial_weights(model.spec, x_shape, seed=seed))
+    return model
+
+
+def test_constructors_take_the_books_positional_order(rn):
+    """``ResNet(arch, lr=0.1, num_classes=10)`` and ``ResNet18(lr=0.1, num_classes=10)``, as the chapter's."""
+    model = rn.ResNet18(0.01)
+    assert model.lr == 0.01 and isinstance(model.lr, float)
+    assert model.spec == specs.book_resnet(specs.RESNET18_ARCH, 10)
+    assert rn.ResNet18(0.01, 3).spec == specs.book_resnet(specs.RESNET18_ARCH, 3)
+    model = rn.ResNet(SMALL_ARCH, 0.05, 3)
+    assert model.lr == 0.05 and model.spec == specs.book_resnet(SMALL_ARCH, 3)
+    assert rn.ResNet(SMALL_ARCH).lr == rn.ResNet18().lr == specs.DEFAULT_LR == 0.1
+    assert resnet.output_shape(rn.ResNet(SMALL_ARCH, 0.05, 3), (2, 1, 16, 16)) == (2, 3)
+
+
+def test_constructor_keywords_still_work(rn):
+    model = rn.ResNet18(lr=0.01, num_classes=3, dtype="float32")
+    assert (model.lr, model.spec, rn.dtype_of(model)) == (0.01, specs.book_resnet(specs.RESNET18_ARCH, 3), "float32")
+    model = rn.ResNet(arch=SMALL_ARCH, lr=0.2, num_classes=4)
+    assert model.lr == 0.2 and model.spec == specs.book_resnet(SMALL_ARCH, 4)
+    spec = specs.family_spec("resnet18", 5, 1)
+    assert rn.ResNet(spec=spec).spec == spec and rn.ResNet(spec=spec, lr=0.3).lr == 0.3
+    assert rn.resnet18(num_classes=5, in_channels=1, lr=0.02).lr == 0.02
+    for bad in (0, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="lr must be a positive, finite number"):
+            rn.ResNet18(lr=bad)
+
+
+def test_resnet18_is_a_resnet_class(rn):
+    assert isinstance(rn.ResNet18, type) and issubclass(rn.ResNet18, rn.ResNet)
+    assert isinstance(rn.ResNet18(), rn.ResNet) and isinstance(rn.resnet50(), rn.ResNet)
+
+
+def _books_resnet18(rn, backend_name):
+    """The chapter's own ResNet18 cell, subclassing this package's ResNet: fields in the JAX tab, ``__init__`` in
+    the others."""
+    if backend_name == "jax":
+
+        class ResNet18(rn.ResNet):
+            arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+            lr: float = 0.1
+            num_classes: int = 10
+
+    else:
+
+        class ResNet18(rn.ResNet):
+            def __init__(self, lr=0.1, num_classes=10):
+                super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
+
+    return ResNet18
+
+
+def test_subclasses_work_through_the_common_api(rn, backend_name):
+    """A user's subclass of ResNet18, and the chapter's own ``class ResNet18(ResNet)``: built, run, summarized and
+    trained through the common API, with their own learning rate."""
+
+    class Mine(rn.ResNet18):
+        """A user's ResNet-18."""
+
+    book = _books_resnet18(rn, backend_name)
+    for model in (Mine(0.05, 3), book(lr=0.05, num_classes=3)):
+        assert isinstance(model, rn.ResNet) and model.lr == 0.05
+        assert model.spec == specs.book_resnet(specs.RESNET18_ARCH, 3)
+        assert resnet.output_shape(model, (2, 1, 32, 32)) == (2, 3)
+        assert resnet.num_params(model, (2, 1, 32, 32)) == num_trainable(model.spec, (2, 1, 32, 32))
+        assert [line.split()[0] for line in resnet.summary_lines(model, (1, 1, 32, 32))] == list(model.spec.part_names)
+        x, labels = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32), np.array([0, 2])
+        assert np.isfinite(rn.make_train_step(model)(x, labels))
+    assert book().lr == 0.1 and book(lr=0.01).lr == 0.01
+
+
+def test_train_step_without_lr_uses_the_models(rn):
+    """``make_train_step(model)`` takes one SGD step with ``model.lr``: the same step as an explicit lr."""
+    x_shape = (4, 1, 16, 16)
+    rng = np.random.default_rng(1)
+    x, labels = rng.random(x_shape, dtype=np.float32), rng.integers(0, 3, 4)
+    own, explicit, default = (_seeded(rn.ResNet(SMALL_ARCH, lr, 3), rn, x_shape) for lr in (0.05, 0.1, 0.1))
+    own_loss = rn.make_train_step(own)(x, labels)
+    explicit_loss = rn.make_train_step(explicit, 0.05)(x, labels)  # the argument wins over the model's 0.1
+    rn.make_train_step(default)(x, labels)
+    assert own_loss == pytest.approx(explicit_loss, rel=1e-6)
+    after_own, after_explicit, after_default = rn.get_arrays(own), rn.get_arrays(explicit), rn.get_arrays(default)
+    for name, value in after_own.items():
+        np.testing.assert_allclose(value, after_explicit[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert not np.allclose(after_own["last.fc.weight"], after_default["last.fc.weight"])  # lr 0.1 stepped further
+    with pytest.raises(ValueError, match="has no learning rate of its own"):
+        rn.make_train_step(rn.Residual(8))
+
+
+def test_layer_summary_method_speaks_the_frameworks_layout(rn, backend_name, capsys):
+    """The book's ``model.layer_summary(X_shape)``: NHWC in TensorFlow and JAX, as their tabs write
+    ``(1, 96, 96, 1)``; NCHW in PyTorch and MXNet."""
+    layout = {"torch": "NCHW", "mxnet": "NCHW", "tensorflow": "NHWC", "jax": "NHWC"}[backend_name]
+    assert rn.LAYOUT == layout
+
+    def native(shape):
+        return (shape[0], shape[2], shape[3], shape[1]) if layout == "NHWC" and len(shape) == 4 else shape
+
+    model = rn.ResNet18(training=False) if backend_name == "jax" else rn.ResNet18()  # each tab's own call
+    assert model.layer_summary(native((1, 1, 96, 96))) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert [(line.split()[0], line.split("output shape: ")[1]) for line in lines] == [
+        (part, str(native(shape))) for part, shape in BOOK_SUMMARY
+    ]
+
+
+if "jax" in INSTALLED:  # jax.jit's cache; the other backends compile per step function or per model
+
+    def test_jax_compiles_once_per_architecture_and_batch_shape():
+        """Models of one architecture share the jitted step and predict function, whatever their lr; a new
+        batch shape compiles once more."""
+        from resnet.backends import jax as rj
+        from resnet.backends.jax import train
+
+        arch, x_shape = ((1, 64), (1, 24)), (4, 1, 16, 16)  # an architecture no other test compiles
+        rng = np.random.default_rng(2)
+        x, labels = rng.random(x_shape, dtype=np.float32), rng.integers(0, 5, 4)
+        steps, predictions = train._sgd_step._cache_size(), train._inference._cache_size()
+        for model in (rj.ResNet(arch, 0.01, 5), rj.ResNet(arch, 0.05, 5), rj.ResNet(arch, num_classes=5)):
+            step = rj.make_train_step(model)
+            step(x, labels)
+            step(x, labels)
+            rj.make_predict(model)(x)
+        assert (train._sgd_step._cache_size() - steps, train._inference._cache_size() - predictions) == (1, 1)
+        rj.make_train_step(rj.ResNet(arch, 0.2, 5))(x[:2], labels[:2])  # a smaller last batch
+        assert train._sgd_step._cache_size() - steps == 2
+
+
+if "torch" in INSTALLED:  # the chapter calls apply_init in its PyTorch tab only
+
+    def test_torch_apply_init_builds_then_applies_the_init_function():
+        """The book's ``model.apply_init([X], d2l.init_cnn)``: one pass over the inputs creates the lazy weights
+        (inference mode: BatchNorm's statistics stay at their initial values), then ``init`` reaches every
+        module, the lazy layers already their built classes (``nn.Conv2d``, ``nn.Linear``), as the book's
+        ``init_cnn`` tests for."""
+        import torch
+        from torch import nn
+
+        from resnet.backends import torch as rt
+
+        model = rt.ResNet(SMALL_ARCH, 0.05, 3)
+        initialized = []
+
+        def init_cnn(module):  # the book's d2l.init_cnn, with constants so that the test can see them
+            if type(module) in (nn.Linear, nn.Conv2d):
+                nn.init.constant_(module.weight, 0.01)
+                nn.init.zeros_(module.bias)
+                initialized.append(module)
+
+        assert model.apply_init([torch.zeros(2, 1, 16, 16)], init_cnn) is None
+        assert rt.is_built(model) and model.training  # the model's mode is left as it was
+        arrays = rt.get_arrays(model)
+        layers = [name for name in arrays if name.endswith(".weight") and arrays[name].ndim > 1]
+        assert len(initialized) == len(layers) == 7  # the stem, 2 + 3 convolutions in the blocks, the dense layer
+        assert all(np.all(arrays[name] == 0.01) for name in layers)
+        assert all(np.all(arrays[name] == (0 if name.endswith("mean") else 1)) for name in arrays if "running" in name)
+        plain = rt.ResNet18()
+        plain.apply_init([torch.zeros(1, 1, 32, 32)])  # no init: only built
+        assert rt.is_built(plain)

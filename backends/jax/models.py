@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 
-from resnet import specs
+from resnet import api, specs
 from resnet.backends.jax import blocks
 from resnet.backends.jax.blocks import hashable
 from resnet.backends.jax.layers import make_layer
+from resnet.contract import declared
 from resnet.docs import CLASS_DOCS, FLAX_TRAINING_FIELD
 from resnet.specs import BlockSpec, HeadSpec, ModelSpec, StemSpec
 
 __all__ = ["ResNet", "ResNet18", *specs.FAMILY]
+
+LAYOUT = declared(__name__).layout
 
 #: The native block for a block description (options: the fields ``training``, Flax's ``name`` or ``parent``).
 make_block = functools.partial(specs.build_block, blocks)
@@ -97,16 +101,19 @@ model turns on for the process (``jax_enable_x64``: JAX has no per-array switch)
 """
     )
 
+    # The book's fields, in its order (ResNet(arch, lr, num_classes, training)), then this package's, by keyword.
     arch: Sequence[Sequence[int]] | None = None
+    lr: float = specs.DEFAULT_LR
     num_classes: int = 10
     training: bool = True
-    spec: ModelSpec | None = None
-    dtype: str = "float32"
+    spec: ModelSpec | None = dataclasses.field(default=None, kw_only=True)
+    dtype: str = dataclasses.field(default="float32", kw_only=True)
 
     def __post_init__(self) -> None:
         # ValueError now, not at the first init; the book's arch becomes its description.
         object.__setattr__(self, "spec", specs.model_spec(self.arch, self.num_classes, self.spec))
         object.__setattr__(self, "arch", hashable(self.arch))
+        object.__setattr__(self, "lr", specs.learning_rate(self.lr))
         object.__setattr__(self, "dtype", specs.check_dtype(self.dtype))
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             jax.config.update("jax_enable_x64", True)
@@ -154,13 +161,22 @@ model turns on for the process (``jax_enable_x64``: JAX has no per-array switch)
             outputs.append((part.name, X))
         return outputs
 
+    @nn.nowrap
+    def layer_summary(self, X_shape: Sequence[int]) -> None:
+        """The book's method: print each top-level part (``b1``, the stages, ``last``) with its output shape,
+        for an NHWC input shape ``X_shape`` (the book's ``ResNet18(training=False).layer_summary((1, 96, 96,
+        1))``), shapes printed NHWC; ``resnet.layer_summary(model, input_shape)`` prints the same in NCHW."""
+        api.layer_summary(self, X_shape, layout=LAYOUT)
 
-def ResNet18(num_classes: int = 10, training: bool = True, *, dtype: str = "float32") -> ResNet:
-    return ResNet(specs.RESNET18_ARCH, num_classes, training, dtype=dtype)
 
+class ResNet18(ResNet):
+    __doc__ = CLASS_DOCS["ResNet18"] + FLAX_TRAINING_FIELD
 
-# A function that builds the book's ResNet, documented as the other backends' class ResNet18 is.
-ResNet18.__doc__ = CLASS_DOCS["ResNet18"] + FLAX_TRAINING_FIELD
+    # Fixed, not constructor arguments, so that the book's ResNet18(lr, num_classes, training) come first
+    # (Flax leaves fields outside __init__ out of comparisons and hashes: the class stands for them).
+    arch: Sequence[Sequence[int]] | None = dataclasses.field(default=specs.RESNET18_ARCH, init=False)
+    spec: ModelSpec | None = dataclasses.field(default=None, init=False)
+
 
 # The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
 globals().update(specs.family_builders(ResNet))
