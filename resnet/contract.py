@@ -201,6 +201,12 @@ def export(namespace: dict[str, Any], *modules: ModuleType) -> list[str]:
     names: list[str] = []
     for module in modules:
         for name in module.__all__:
+            if not hasattr(module, name):
+                what = f"the contract's hook {_call_form(name, getattr(Hooks, name))}" if name in HOOKS else name
+                raise ImportError(
+                    f"{module.__name__} does not define {what}, which its __all__ lists; write it (see "
+                    "resnet.contract.Hooks for what each hook must do)"
+                )
             namespace[name] = getattr(module, name)
             names.append(name)
     return names

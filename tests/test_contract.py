@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 
 import pytest
 
@@ -55,3 +56,12 @@ def test_hook_refuses_an_unknown_name():
         @contract.hook
         def forward(model, x):
             pass
+
+
+def test_a_hooks_module_without_a_listed_hook_fails_at_import():
+    """A backend's hooks module lists the contract's hooks in __all__; one it does not define stops the import
+    with the hook named, instead of an AttributeError later."""
+    hooks = types.ModuleType("resnet.backends.torch.hooks_missing_vjp")
+    hooks.__all__ = ["vjp"]
+    with pytest.raises(ImportError, match=r"does not define the contract's hook vjp\(model, x, output_grad\)"):
+        contract.export({"__name__": "resnet.backends.torch"}, hooks)
