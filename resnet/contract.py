@@ -13,6 +13,9 @@ backend has the same modules, holding the same kind of thing:
 ``hooks``     the hooks below that the common API (``resnet.api``, ``resnet.weights``) calls
 ``train``     ``make_train_step`` and ``make_predict``, on the framework's usual fast path
 ``stock``     the benchmark's reference: the chapter's model written plainly with the framework's stock layers
+``d2l``       the framework's part of the stand-in for the book's ``d2l`` (``resnet.d2l``): the ``Module`` and
+              ``Classifier`` bases of the chapter's own classes, ``to_batch``, ``train_and_predict``, the
+              device and random helpers the chapter's cells use
 ============  ==================================================================================================
 
 Every block and model has a ``spec`` attribute, its description (``resnet.specs``); the common API finds a

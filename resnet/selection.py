@@ -22,6 +22,7 @@ __all__ = [
     "backend_module",
     "canonical_backend_name",
     "choose_backend",
+    "import_backend",
     "install_hint",
     "set_backend",
 ]
@@ -130,7 +131,7 @@ def backend() -> str:
     return _resolve()[0]
 
 
-def _import_backend(name: str, chosen_by: str) -> ModuleType:
+def import_backend(name: str, chosen_by: str) -> ModuleType:
     """Import ``resnet.backends.<name>``, turning any failure into BackendUnavailableError."""
     try:
         return importlib.import_module(REGISTRY[name].module)
@@ -146,6 +147,6 @@ def backend_module() -> ModuleType:
     """Return the selected backend's module, importing its framework on first use."""
     global _chosen, _chosen_by, _used
     name, chosen_by = _resolve()
-    module = _import_backend(name, chosen_by)
+    module = import_backend(name, chosen_by)
     _chosen, _chosen_by, _used = name, chosen_by, True
     return module
