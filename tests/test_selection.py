@@ -34,7 +34,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_import_resnet_imports_no_framework():
     result = run_python(
         f"""
-        import json, sys, resnet, resnet.backends, resnet.reference, resnet.weights, resnet.shapes
+        import json, sys, resnet, resnet.backends, resnet.reference, resnet.weights, resnet.shapes, resnet.d2l
         print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))
         """
     )
