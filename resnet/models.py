@@ -5,9 +5,9 @@ Each entry builds the selected backend's native model, so ``resnet summary resne
 
 ``resnet18`` is the chapter's ResNet-18 (conv biases, any input channels, 10 classes): the default of
 ``resnet train`` and the model of the chapter's recipe. The family of the chapter's exercises is registered
-under its builders' names (``resnet34``, ``resnet50``, ``preact_resnet18``, ``resnext50_32x4d``...), except
-that torchvision's ResNet-18, ``resnet.resnet18()`` in Python, is ``resnet18-imagenet`` here. Names are
-case-insensitive, and ``_`` and ``-`` are the same.
+under its builders' names (``resnet34``, ``resnet50``, ``preact_resnet18``, ``resnext50_32x4d``,
+``resnet18_multigpu``...), except that torchvision's ResNet-18, ``resnet.resnet18()`` in Python, is
+``resnet18-imagenet`` here. Names are case-insensitive, and ``_`` and ``-`` are the same.
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ class ModelEntry:
 
 
 def _family_entry(name: str) -> ModelEntry:
+    """The entry of the family's model ``name``: its builder, and the input and classes it is meant for
+    (ImageNet's for torchvision's models, Fashion-MNIST's 28x28 for the multi-GPU ResNet-18)."""
     model = FAMILY[name]
     return ModelEntry(
         lambda rn, num_classes, in_channels, dtype, **options: getattr(rn, name)(
             num_classes=num_classes, in_channels=in_channels, dtype=dtype, **options
         ),
-        (1, 3, 224, 224),
-        f"{model.title}, torchvision's convention",
-        num_classes=1000,
+        model.input_shape,
+        model.description,
+        num_classes=model.num_classes,
     )
 
 

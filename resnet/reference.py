@@ -20,6 +20,7 @@ import numpy as np
 
 from resnet import specs
 from resnet.shapes import tensor_infos
+from resnet.walk import is_statistic
 from resnet.specs import BasicSpec, BlockSpec, BottleneckSpec, ConvSpec, ModelSpec, ResidualSpec
 
 __all__ = ["Reference", "reference_weights", "softmax_cross_entropy"]
@@ -281,7 +282,8 @@ class Reference:
         specs.check_model_input(spec, x.value.shape[1])
         stem = spec.stem.layers()
         x = self._relu(self._bn("b1.bn", self._conv("b1.conv", x, stem["conv"])))
-        x = max_pool(self._tape, x, spec.stem.pool)
+        if spec.stem.pool is not None:  # the multi-GPU ResNet-18's stem has none
+            x = max_pool(self._tape, x, spec.stem.pool)
         for prefix, block in spec.blocks():
             x = self._block(prefix + ".", block, x)
         if spec.head.preact:  # ResNet v2's final BN and ReLU
@@ -331,6 +333,27 @@ class Reference:
         for name, grad in grads.items():
             self.weights[name] = self.weights[name] - lr * grad
         return loss
+
+    def replica_sgd_step(self, x: np.ndarray, labels: np.ndarray, lr: float, slices: Sequence[slice]) -> float:
+        """One data-parallel SGD step with BatchNorm statistics per replica (``slices``: each replica's rows,
+        ``resnet.parallel.Plan.replica_slices``): each replica's gradient of its mean loss, weighted by its share
+        of the batch, summed; the running statistics the mean of the replicas' updates. Returns the batch's
+        mean loss. With one slice, ``sgd_step``."""
+        start = {name: value.copy() for name, value in self.weights.items()}
+        total, summed, running = 0.0, {}, {}
+        for rows in slices:
+            self.weights = {name: value.copy() for name, value in start.items()}
+            share = (rows.stop - rows.start) / len(x)
+            loss, grads = self.loss_and_grads(x[rows], np.asarray(labels)[rows])
+            total += share * loss
+            for name, grad in grads.items():
+                summed[name] = summed.get(name, 0.0) + share * grad
+            for name in (n for n in start if is_statistic(n)):
+                running[name] = running.get(name, 0.0) + self.weights[name] / len(slices)
+        self.weights = {name: running.get(name, value) for name, value in start.items()}
+        for name, grad in summed.items():
+            self.weights[name] = self.weights[name] - lr * grad
+        return total
 
 
 def reference_weights(spec: BlockSpec | ModelSpec, input_shape: Sequence[int], seed: int = 0) -> dict[str, np.ndarray]:

@@ -49,7 +49,10 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return out
 
 
-def _conv_shape(shape: Shape, conv: ConvSpec | PoolSpec) -> Shape:
+def _conv_shape(shape: Shape, conv: ConvSpec | PoolSpec | None) -> Shape:
+    """The NCHW output shape of a convolution or pooling window; ``None`` (a stem without pooling) keeps it."""
+    if conv is None:
+        return shape
     n, c, h, w = shape
     size = lambda s: conv_output_size(s, conv.kernel, conv.stride, conv.padding)  # noqa: E731
     channels = conv.out_channels if isinstance(conv, ConvSpec) else c

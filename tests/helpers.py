@@ -137,6 +137,10 @@ GROUPED_PATH_CASES = [
 ]
 # The chapter's ResNet-18, checked against the reference computed when the tests run (no golden file).
 RESNET18 = Case("resnet18", "ResNet18", (), (4, 1, 64, 64), classifier=True)
+# The multi-GPU section's ResNet-18 (the chapter's blocks, a 3x3/1 stem without max pooling), built by the family's
+# builder with the book's 10 classes and 1 channel and checked the same way; odd sizes (15 -> 8 -> 4 -> 2) through
+# its strided stages.
+RESNET18_MULTIGPU = Case("resnet18_multigpu", "resnet18_multigpu", (10, 1), (3, 1, 15, 15), classifier=True)
 
 
 # ------------------------------------------------------------------------ the reference's numbers for a case

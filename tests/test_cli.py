@@ -120,6 +120,35 @@ def test_summary_of_a_family_model(backend_name, fresh_selection, capsys):
     ]
 
 
+def test_summary_of_the_multigpu_resnet18(backend_name, fresh_selection, capsys):
+    """``resnet summary resnet18-multigpu``: by default the input the book's multi-GPU section trains it on,
+    Fashion-MNIST's 28x28 grayscale images (not resized), and its 10 classes."""
+    assert main(["--backend", backend_name, "summary", "resnet18-multigpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    spec, shape = specs.family_spec("resnet18_multigpu"), (1, 1, 28, 28)
+    assert out[0].startswith("resnet18-multigpu (Multi-GPU ResNet-18, the chapter's Residual blocks; stem: a 3x3/1")
+    assert out[0].endswith(f"in {backend_name}: input (1, 1, 28, 28): batch 1, 1 input channel, 28x28, 10 classes")
+    assert out[1:] == [
+        *(f"{part:<4}  output shape: {part_shape}" for part, part_shape in model_part_shapes(spec, shape)),
+        "trainable parameters: 11,175,818",
+        f"multiply-adds: {macs(spec, shape):,}",
+    ]
+    assert out[1] == "b1    output shape: (1, 64, 28, 28)"  # no max pooling: the stem keeps the size
+
+
+def test_train_the_multigpu_resnet18(backend_name, fresh_selection, tmp_path, monkeypatch, capsys):
+    """``resnet train --model resnet18_multigpu`` builds it for the data set's channels and classes and trains."""
+    from resnet import cli
+
+    built = []
+    monkeypatch.setattr(cli, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
+    assert main(["--backend", backend_name, "train", "--model", "resnet18_multigpu", "--dataset", "digits",
+                 "--epochs", "1", "--resize", "8", "--batch-size", "256", "--out", str(tmp_path / "run"),
+                 "--no-progress", "--cpu"]) == 0
+    assert built[0].spec == specs.family_spec("resnet18_multigpu", 10, 1)
+    assert "final validation accuracy: " in capsys.readouterr().out
+
+
 def test_family_prints_the_table(capsys):
     assert main(["family"]) == 0
     assert capsys.readouterr().out.strip() == family_table()

@@ -1,13 +1,16 @@
 """The whole ResNet family of the chapter's exercises, in every backend.
 
-ResNet-18/34/50/101/152, their pre-activation versions and ResNeXt-50/101, in torchvision's convention: the
-descriptions (depths, widths, stride placement, pre-activation), parameter counts equal to torchvision's and
-multiply-adds its published figures, the model registry, each backend's builders, and every model building,
-running forward and backward, and saving and loading neutral weights in every backend. The family's numbers
-against the reference are in test_numerics.py, its weights files in test_weights.py, its commands in test_cli.py.
+ResNet-18/34/50/101/152, their pre-activation versions and ResNeXt-50/101, in torchvision's convention, and the
+book's multi-GPU ResNet-18: the descriptions (depths, widths, stride placement, pre-activation, stems), parameter
+counts equal to torchvision's (and the book's) and multiply-adds its published figures, the model registry, each
+backend's builders, and every model building, running forward and backward, and saving and loading neutral weights
+in every backend. The family's numbers against the reference are in test_numerics.py, its weights files in
+test_weights.py, its commands in test_cli.py.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from resnet import specs
 from resnet.init import initial_weights
 from resnet.models import MODELS, build_model, model_entry
 from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
+from resnet.specs import ConvSpec, PoolSpec, StemSpec
 
 #: torchvision's trainable parameters (3 input channels, 1000 classes) and multiply-adds at 224x224 (G).
 TORCHVISION = {
@@ -30,7 +34,6 @@ TORCHVISION = {
     "resnext101_32x8d": (88_791_336, 16.41),
 }
 IMAGENET = (1, 3, 224, 224)
-TINY = (1, 3, 32, 32)
 
 
 # ------------------------------------------------------------------------- the descriptions (no framework)
@@ -83,6 +86,27 @@ def test_preact_models_are_resnet_v2():
     assert not spec.stem.conv_bias and dict(spec.stages)["b3"][0].preact
 
 
+def test_multigpu_resnet18_is_the_chapters_with_the_small_stem():
+    """The book's ``resnet18(num_classes, in_channels=1)``: the chapter's ResNet-18 (its ``ResNet.block`` stages of
+    Residual blocks, conv biases, bare 1x1 projections) behind a 3x3/1 convolution (padding 1), BN and ReLU, no max
+    pooling. Every other model keeps the chapter's stem, StemSpec's defaults (7x7/2, 3x3/2 max pooling)."""
+    spec, book = specs.family_spec("resnet18_multigpu"), specs.book_resnet(specs.RESNET18_ARCH, 10)
+    assert (spec.stages, spec.head, spec.part_names) == (book.stages, book.head, book.part_names)
+    assert spec.stem == StemSpec(in_channels=1, kernel=3, stride=1, max_pool=False) and spec.stem.pool is None
+    assert spec.stem.layers()["conv"] == ConvSpec(64, 3, 1, 1, bias=True, in_channels=1)
+    assert num_trainable(spec, (1, 1, 28, 28)) == 11_175_818  # the book's PyTorch resnet18(10)
+    assert macs(spec, (1, 1, 28, 28)) == 455_800_832
+    assert specs.family_spec("resnet18_multigpu", stride_in_1x1=True) == spec  # no effect on Residual blocks
+    assert specs.family_spec("resnet18_multigpu", 1000, 3) == specs.resnet_spec("residual", (2, 2, 2, 2), stem="small")
+    assert StemSpec().layers()["conv"] == ConvSpec(64, 7, 2, 3) and StemSpec().pool == PoolSpec(3, 2, 1)
+    assert {specs.family_spec(name).stem.pool for name in specs.FAMILY if name != "resnet18_multigpu"} == {
+        PoolSpec(3, 2, 1)}
+    with pytest.raises(ValueError, match="the stem's kernel must be odd"):
+        StemSpec(kernel=4)
+    with pytest.raises(ValueError, match="stem must be one of imagenet, small"):
+        specs.resnet_spec("basic", (1,), stem="tiny")
+
+
 def test_macs_by_hand():
     # Residual(3) on 6x6: two 3x3 convolutions, 3 -> 3 channels, 36 positions: 2 * 36 * 3 * 3 * 9
     assert macs(specs.residual(3), (1, 3, 6, 6)) == 2 * 36 * 3 * 3 * 9
@@ -102,6 +126,8 @@ def test_family_table_is_the_packages_own_numbers():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"{params:,}" in row and f"{giga_macs:.2f} G" in row
     assert all(f"`{name}`" in table for name in specs.FAMILY)
+    multigpu = specs.family_spec("resnet18_multigpu", 1000, 3)  # the table's 3 channels and 1000 classes
+    assert f"| `resnet18_multigpu` | residual | 2-2-2-2 | {num_trainable(multigpu, IMAGENET):,} |" in table
 
 
 def test_models_registry():
@@ -111,8 +137,9 @@ def test_models_registry():
     for name, described in specs.FAMILY.items():
         if name != "resnet18":
             entry = model_entry(name.replace("_", "-").upper())
-            assert entry.description.startswith(described.title) and entry.input_shape == IMAGENET
-            assert entry.num_classes == 1000
+            assert entry.description.startswith(described.title)
+            meant = ((1, 1, 28, 28), 10) if name == "resnet18_multigpu" else (IMAGENET, 1000)  # the book's data
+            assert (entry.input_shape, entry.num_classes) == meant
     assert len(MODELS) == len(specs.FAMILY) + 1
 
 
@@ -157,6 +184,16 @@ def test_registry_builds_for_the_data(rn):
     model = build_model("resnet34", rn, num_classes=10, in_channels=1)  # as `resnet train --model resnet34` does
     assert model.spec == specs.family_spec("resnet34", 10, 1)
     assert build_model("resnet18", rn).spec == specs.book_resnet(specs.RESNET18_ARCH, 10)
+    assert build_model("resnet18-multigpu", rn, 10, 3).spec == specs.family_spec("resnet18_multigpu", 10, 3)
+
+
+def test_builders_take_their_models_defaults(rn):
+    """The builders share their parameters; the multi-GPU ResNet-18's defaults are the book's 10 classes and 1
+    input channel (its ``resnet18(num_classes, in_channels=1)``), the others' ImageNet's."""
+    for name in specs.FAMILY:
+        defaults = [p.default for p in inspect.signature(getattr(rn, name)).parameters.values()]
+        assert defaults == [*((10, 1) if name == "resnet18_multigpu" else (1000, 3)), False, 0.1, "float32"], name
+    assert rn.resnet18_multigpu().spec == specs.family_spec("resnet18_multigpu", 10, 1)
 
 
 # ------------------------------------------------------------------- every backend: the full models
@@ -164,23 +201,24 @@ def test_registry_builds_for_the_data(rn):
 
 @pytest.mark.parametrize("name", list(specs.FAMILY))
 def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
-    """At 32x32: parameters (torchvision's), multiply-adds, the layer summary (an inference-mode forward pass),
-    a training-mode forward and backward pass, and a neutral weights file loaded into a fresh model."""
-    model = getattr(rn, name)()
-    spec = model.spec
-    expected = TORCHVISION[name][0] if name in TORCHVISION else num_trainable(spec, TINY)
-    assert resnet.num_params(model, TINY) == expected
-    assert resnet.macs(model, IMAGENET) == macs(spec, IMAGENET)
-    lines = resnet.summary_lines(model, TINY)
+    """At 32x32, with the model's defaults (ImageNet's classes and channels, or the book's): parameters
+    (torchvision's), multiply-adds, the layer summary (an inference-mode forward pass), a training-mode forward and
+    backward pass, and a neutral weights file loaded into a fresh model."""
+    model, described = getattr(rn, name)(), specs.FAMILY[name]
+    spec, tiny, classes = model.spec, (1, described.in_channels, 32, 32), described.num_classes
+    expected = TORCHVISION[name][0] if name in TORCHVISION else num_trainable(spec, tiny)
+    assert resnet.num_params(model, tiny) == expected
+    assert resnet.macs(model, described.input_shape) == macs(spec, described.input_shape)
+    lines = resnet.summary_lines(model, tiny)
     assert [(line.split()[0], line.split("output shape: ")[1]) for line in lines] == [
-        (part, str(shape)) for part, shape in model_part_shapes(spec, TINY)
+        (part, str(shape)) for part, shape in model_part_shapes(spec, tiny)
     ]
     # a batch of 2: in training mode, BN over a single value (the last stage is 1x1) passes no gradient back
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
-    output, grads = rn.vjp(model, x, rng.standard_normal((2, 1000)).astype(np.float32))
-    assert output.shape == (2, 1000) and np.isfinite(output).all()
-    trainable = {n: info.shape for n, info in tensor_infos(spec, TINY).items() if info.trainable}
+    x = rng.standard_normal((2, *tiny[1:])).astype(np.float32)
+    output, grads = rn.vjp(model, x, rng.standard_normal((2, classes)).astype(np.float32))
+    assert output.shape == (2, classes) and np.isfinite(output).all()
+    trainable = {n: info.shape for n, info in tensor_infos(spec, tiny).items() if info.trainable}
     assert {n: g.shape for n, g in grads.items()} == trainable
     assert all(np.isfinite(g).all() for g in grads.values())
     assert np.abs(grads["b1.conv.weight"]).max() > 0  # the gradient reaches the stem
@@ -188,7 +226,7 @@ def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
     resnet.save_weights(model, tmp_path / f"{name}.safetensors")
     fresh = resnet.load_weights(getattr(rn, name)(), tmp_path / f"{name}.safetensors")
     before, after = rn.get_arrays(model), rn.get_arrays(fresh)
-    assert sorted(after) == sorted(tensor_infos(spec, TINY))
+    assert sorted(after) == sorted(tensor_infos(spec, tiny))
     assert all(np.array_equal(before[n], after[n]) for n in before)
 
 

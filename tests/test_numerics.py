@@ -1,6 +1,7 @@
 """The same weights give the same numbers in every backend, checked against the NumPy float64 reference: the
-chapter's blocks and the family's, small models made of them (through golden files), the chapter's ResNet-18
-and the family's ResNet-50, ResNeXt-50 and pre-activation ResNet-50 (the reference computed here).
+chapter's blocks and the family's, small models made of them (through golden files), the chapter's ResNet-18, the
+multi-GPU section's ResNet-18 (its stem without max pooling) and the family's ResNet-50, ResNeXt-50 and
+pre-activation ResNet-50 (the reference computed here).
 
 Tolerances reached (float32 backends against the float64 reference) are the ones asserted below: single
 blocks to 1e-5 absolute, ResNets to 1e-4, gradients to 1e-4 of the largest gradient of the same tensor
@@ -20,6 +21,7 @@ from helpers import (
     GOLDEN_CASES,
     GROUPED_PATH_CASES,
     RESNET18,
+    RESNET18_MULTIGPU,
     SGD_LR,
     assert_close,
     assert_grads_close,
@@ -111,37 +113,41 @@ def test_every_grouped_convolution_path_matches_reference(rn, case):
     assert_grads_close(grads, section(expected, "grad"))
 
 
-# ------------------------------------------------------------------------------ the chapter's ResNet-18
+# ------------------------------------------- the chapter's ResNet-18 and the multi-GPU section's (its small stem)
 
 
-@pytest.fixture(scope="module")
-def resnet18_expected():
-    return expected_values(RESNET18)
+@pytest.fixture(scope="module", params=[RESNET18, RESNET18_MULTIGPU], ids=case_ids)
+def resnet18_case(request):
+    """(case, the reference's numbers for it): each ResNet-18 with its weights, inputs, outputs and gradients."""
+    return request.param, expected_values(request.param)
 
 
-def test_resnet18_inference_matches_reference(rn, resnet18_expected):
-    model = loaded(rn, RESNET18, resnet18_expected)
-    output = resnet.forward(model, resnet18_expected["input"])
-    assert_close(output, resnet18_expected["inference"], 1e-4, "ResNet-18 inference output")
+def test_resnet18_inference_matches_reference(rn, resnet18_case):
+    case, expected = resnet18_case
+    model = loaded(rn, case, expected)
+    output = resnet.forward(model, expected["input"])
+    assert_close(output, expected["inference"], 1e-4, f"{case.name} inference output")
 
 
-def test_resnet18_training_pass_matches_reference(rn, resnet18_expected):
-    model = loaded(rn, RESNET18, resnet18_expected)
-    output, grads = rn.vjp(model, resnet18_expected["input"], resnet18_expected["output_grad"])
-    assert_close(output, resnet18_expected["training"], 1e-4, "ResNet-18 training-mode output")
-    assert_grads_close(grads, section(resnet18_expected, "grad"))
+def test_resnet18_training_pass_matches_reference(rn, resnet18_case):
+    case, expected = resnet18_case
+    model = loaded(rn, case, expected)
+    output, grads = rn.vjp(model, expected["input"], expected["output_grad"])
+    assert_close(output, expected["training"], 1e-4, f"{case.name} training-mode output")
+    assert_grads_close(grads, section(expected, "grad"))
     after = rn.get_arrays(model)
-    for name, value in section(resnet18_expected, "after_training").items():
+    for name, value in section(expected, "after_training").items():
         assert_close(after[name], value, 1e-5, f"{name} after one training pass")
 
 
-def test_resnet18_sgd_step_matches_reference(rn, resnet18_expected):
-    model = loaded(rn, RESNET18, resnet18_expected)
-    x, labels = resnet18_expected["input"], resnet18_expected["labels"]
+def test_resnet18_sgd_step_matches_reference(rn, resnet18_case):
+    case, expected = resnet18_case
+    model = loaded(rn, case, expected)
+    x, labels = expected["input"], expected["labels"]
     loss = rn.make_train_step(model, SGD_LR)(x, labels)
-    assert abs(loss - float(resnet18_expected["sgd_loss"][0])) <= 1e-4
+    assert abs(loss - float(expected["sgd_loss"][0])) <= 1e-4
     after = rn.get_arrays(model)
-    for name, value in section(resnet18_expected, "after_sgd").items():
+    for name, value in section(expected, "after_sgd").items():
         assert_close(after[name], value, 1e-4, f"{name} after one SGD step")
 
 

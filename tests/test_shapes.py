@@ -1,6 +1,6 @@
-"""The chapter's shapes: every backend gives the chapter's blocks and ResNets the shapes of the shared shape
-arithmetic, in NCHW order, and the same parameter counts; bad arguments and inputs (an NHWC shape given as NCHW)
-are refused clearly."""
+"""The chapter's shapes: every backend gives the chapter's blocks and ResNets (and the multi-GPU section's
+ResNet-18) the shapes of the shared shape arithmetic, in NCHW order, and the same parameter counts; bad arguments
+and inputs (an NHWC shape given as NCHW) are refused clearly."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import resnet
 from resnet import specs
+from resnet.reference import Reference, reference_weights
 from resnet.shapes import block_output_shape, model_part_shapes, num_trainable
 
 CHAPTER_BLOCKS = [
@@ -57,6 +58,48 @@ def test_resnet18_layer_summary(rn, capsys):
 def test_resnet18_num_params_book_value(rn):
     # 1 input channel, 10 classes, conv biases as in the book
     assert resnet.num_params(rn.ResNet18(), (1, 1, 96, 96)) == 11_178_378
+
+
+#: The multi-GPU section's ResNet-18 at (1, 1, 96, 96), NCHW: without the stem's stride and max pooling, b1 and b2
+#: keep the input's 96x96 (the chapter's ResNet-18 has 24x24 there) and b5 is 12x12.
+MULTIGPU_SUMMARY = [("b1", (1, 64, 96, 96)), ("b2", (1, 64, 96, 96)), ("b3", (1, 128, 48, 48)),
+                    ("b4", (1, 256, 24, 24)), ("b5", (1, 512, 12, 12)), ("last", (1, 10))]
+
+
+class _RecordingReference(Reference):
+    """The NumPy reference, noting the input and output shape of every block it runs (prefix ``b2.0.``...)."""
+
+    def _block(self, prefix, spec, x):
+        out = super()._block(prefix, spec, x)
+        self.seen.append((prefix.split(".")[0], x.value.shape, out.value.shape))
+        return out
+
+
+def _reference_part_shapes(spec, input_shape):
+    """Each part's output shape as the NumPy reference computes it: the stem's is the first block's input, a
+    stage's its last block's output, the head's the logits."""
+    reference = _RecordingReference(spec, reference_weights(spec, input_shape))
+    reference.seen = []
+    logits = reference.forward(np.zeros(input_shape, np.float32))
+    parts = {"b1": reference.seen[0][1]}
+    for stage, _, out in reference.seen:
+        parts[stage] = out  # the last block of each stage wins
+    return [*parts.items(), ("last", logits.shape)]
+
+
+def test_multigpu_resnet18_shapes_are_the_books(rn):
+    """``resnet18_multigpu()``, the book's ``resnet18(10, in_channels=1)``: each part's shape at 96x96 in this
+    backend, in the shared shape arithmetic and in the NumPy reference, and the book's PyTorch parameter count
+    (the chapter's ResNet-18's 11,178,378 less 64 x 40 for the 3x3 instead of the 7x7 kernel)."""
+    model, shape = rn.resnet18_multigpu(), (1, 1, 96, 96)
+    lines = resnet.summary_lines(model, shape)
+    assert [(line.split()[0], line.split("output shape: ")[1]) for line in lines] == [
+        (part, str(part_shape)) for part, part_shape in MULTIGPU_SUMMARY
+    ]
+    assert model_part_shapes(model.spec, shape) == MULTIGPU_SUMMARY
+    assert _reference_part_shapes(model.spec, shape) == MULTIGPU_SUMMARY
+    assert resnet.output_shape(model, shape) == (1, 10)
+    assert resnet.num_params(model, shape) == num_trainable(model.spec, shape) == 11_175_818
 
 
 def test_resnet_custom_arch_and_classes(rn):

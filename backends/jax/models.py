@@ -30,7 +30,8 @@ make_block = functools.partial(specs.build_block, blocks)
 
 
 class Stem(nn.Module):
-    """The book's ``b1``: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+    """The book's ``b1``: convolution, BN, ReLU and max pooling (7x7/2 and 3x3/2 in the chapter's stem; no pooling
+    in a stem without, such as the multi-GPU ResNet-18's)."""
 
     spec: StemSpec = StemSpec()
     training: bool = True
@@ -42,6 +43,8 @@ class Stem(nn.Module):
     def __call__(self, X: jax.Array) -> jax.Array:
         pool = self.spec.pool
         X = nn.relu(self.bn(self.conv(X)))
+        if pool is None:
+            return X
         # Explicit padding: nn.max_pool pads with -inf, so padded cells never win.
         p = pool.padding
         return nn.max_pool(X, (pool.kernel, pool.kernel), (pool.stride, pool.stride), ((p, p), (p, p)))
@@ -129,8 +132,8 @@ model turns on for the process (``jax_enable_x64``: JAX has no per-array switch)
 
     @nn.nowrap
     def b1(self, name: str | None = None) -> Stem:
-        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2 (``name``: the
-        Flax name, which the model gives its parts)."""
+        """The stem: convolution, BN, ReLU and max pooling, as ``spec.stem`` describes (``name``: the Flax name,
+        which the model gives its parts)."""
         return Stem(self.spec.stem, self.training, name=name)
 
     @nn.nowrap
@@ -178,5 +181,6 @@ class ResNet18(ResNet):
     spec: ModelSpec | None = dataclasses.field(default=None, init=False)
 
 
-# The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
+# The ResNet family of the chapter's exercises, in torchvision's convention (resnet18() ... resnext101_32x8d()),
+# and the book's multi-GPU ResNet-18 (resnet18_multigpu()).
 globals().update(specs.family_builders(ResNet))

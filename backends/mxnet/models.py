@@ -68,18 +68,22 @@ class ResNet(BothSemantics):
         self.cast(dtype)  # Gluon's parameters take this precision when they are created
 
     def b1(self) -> nn.HybridSequential:
-        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
+        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
         layers, pool = self.spec.stem.layers(), self.spec.stem.pool
-        return named_sequential(
-            "b1_",
-            lambda: dict(
+
+        def parts() -> dict[str, nn.HybridBlock]:
+            stem = dict(
                 conv=make_layer(layers["conv"], "conv_"),
                 bn=make_layer(layers["bn"], "bn_"),
                 relu=nn.Activation("relu", prefix="relu_"),
+            )
+            if pool is not None:
                 # Padded cells never win: MXNet's max pooling takes the maximum over the real cells only.
-                pool=nn.MaxPool2D(pool.kernel, pool.stride, pool.padding, prefix="pool_"),
-            ),
-        )
+                stem["pool"] = nn.MaxPool2D(pool.kernel, pool.stride, pool.padding, prefix="pool_")
+            return stem
+
+        return named_sequential("b1_", parts)
 
     def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.HybridSequential:
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
@@ -128,5 +132,6 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, lr, num_classes, dtype=dtype, **kwargs)
 
 
-# The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
+# The ResNet family of the chapter's exercises, in torchvision's convention (resnet18() ... resnext101_32x8d()),
+# and the book's multi-GPU ResNet-18 (resnet18_multigpu()).
 globals().update(specs.family_builders(ResNet))

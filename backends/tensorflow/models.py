@@ -123,18 +123,17 @@ class ResNet(keras.Model):
         self.net = Sequential(parts, dtype=dtype, name="net")
 
     def b1(self) -> Sequential:
-        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
+        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
         layers, pool, dtype = self.spec.stem.layers(), self.spec.stem.pool, self.dtype_policy
-        return Sequential(
-            [
-                make_layer(layers["conv"], dtype, name="conv"),
-                make_layer(layers["bn"], dtype, name="bn"),
-                keras.layers.ReLU(dtype=dtype, name="relu"),
-                MaxPool2d(pool.kernel, pool.stride, pool.padding, dtype=dtype, name="pool"),
-            ],
-            dtype=dtype,
-            name="b1",
-        )
+        parts = [
+            make_layer(layers["conv"], dtype, name="conv"),
+            make_layer(layers["bn"], dtype, name="bn"),
+            keras.layers.ReLU(dtype=dtype, name="relu"),
+        ]
+        if pool is not None:
+            parts.append(MaxPool2d(pool.kernel, pool.stride, pool.padding, dtype=dtype, name="pool"))
+        return Sequential(parts, dtype=dtype, name="b1")
 
     def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> Sequential:
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
@@ -210,5 +209,6 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, lr, num_classes, dtype=dtype, **kwargs)
 
 
-# The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
+# The ResNet family of the chapter's exercises, in torchvision's convention (resnet18() ... resnext101_32x8d()),
+# and the book's multi-GPU ResNet-18 (resnet18_multigpu()).
 globals().update(specs.family_builders(ResNet))

@@ -48,16 +48,15 @@ class ResNet(nn.Module):
         self.to(getattr(torch, dtype))  # lazy layers then create their weights in this precision
 
     def b1(self) -> nn.Sequential:
-        """The stem: 7x7 convolution with stride 2, BN, ReLU, 3x3 max pooling with stride 2."""
+        """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
+        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
         layers, pool = self.spec.stem.layers(), self.spec.stem.pool
-        return nn.Sequential(
-            OrderedDict(
-                conv=make_layer(layers["conv"]),
-                bn=make_layer(layers["bn"]),
-                relu=nn.ReLU(),
-                pool=nn.MaxPool2d(pool.kernel, pool.stride, pool.padding),
-            )
+        parts: OrderedDict[str, nn.Module] = OrderedDict(
+            conv=make_layer(layers["conv"]), bn=make_layer(layers["bn"]), relu=nn.ReLU()
         )
+        if pool is not None:
+            parts["pool"] = nn.MaxPool2d(pool.kernel, pool.stride, pool.padding)
+        return nn.Sequential(parts)
 
     def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.Sequential:
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width."""
@@ -106,5 +105,6 @@ class ResNet18(ResNet):
         super().__init__(specs.RESNET18_ARCH, lr, num_classes, dtype=dtype)
 
 
-# The ResNet family of the chapter's exercises, in torchvision's convention: resnet18() ... resnext101_32x8d().
+# The ResNet family of the chapter's exercises, in torchvision's convention (resnet18() ... resnext101_32x8d()),
+# and the book's multi-GPU ResNet-18 (resnet18_multigpu()).
 globals().update(specs.family_builders(ResNet))

@@ -8,7 +8,8 @@ weights files take their canonical tensor names from them (``resnet.walk``). The
 * ``blocks``: the chapter's ``Residual`` and ``ResNeXtBlock`` and the family's basic and bottleneck blocks, with
   the class and arguments each backend builds them from;
 * ``models``: the stem, stages and head of a network, and the book's ``ResNet(arch)``;
-* ``family``: the ResNet family of the chapter's exercises (``FAMILY``), in torchvision's convention;
+* ``family``: the ResNet family of the chapter's exercises (``FAMILY``), in torchvision's convention, and the
+  book's multi-GPU ResNet-18;
 * ``validation``: the argument checks they share.
 
 Every public name of those modules is importable from here (``from resnet.specs import ConvSpec``).
@@ -36,7 +37,15 @@ from resnet.specs.blocks import (
     resnext,
 )
 from resnet.specs.validation import learning_rate
-from resnet.specs.family import FAMILY, IMAGENET_WIDTHS, FamilyModel, family_builders, family_spec, resnet_spec
+from resnet.specs.family import (
+    FAMILY,
+    IMAGENET_WIDTHS,
+    STEMS,
+    FamilyModel,
+    family_builders,
+    family_spec,
+    resnet_spec,
+)
 from resnet.specs.layers import (
     BN_EPSILON,
     BN_MOMENTUM,

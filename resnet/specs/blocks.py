@@ -213,8 +213,9 @@ def _downsample(spec: "BasicSpec | BottleneckSpec", in_channels: int | None) -> 
 
 BlockSpec = Union[ResidualSpec, ResNeXtSpec, BasicSpec, BottleneckSpec]
 
-#: The kinds of block the family's models are made of.
-BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
+#: The kinds of block the family's models are made of: torchvision's four, and the chapter's ``Residual`` (the
+#: multi-GPU section's ResNet-18).
+BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck", "residual")
 
 
 def residual(num_channels: int, use_1x1conv: bool = False, strides: int | Sequence[int] = 1) -> ResidualSpec:

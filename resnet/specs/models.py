@@ -27,7 +27,12 @@ RESNET18_ARCH: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (2, 256), (2, 5
 
 @dataclass(frozen=True)
 class StemSpec:
-    """The book's ``b1``: 7x7 convolution (stride 2), BatchNorm, ReLU, 3x3 max pooling (stride 2).
+    """The book's ``b1``: a convolution (7x7, stride 2), BatchNorm, ReLU and max pooling (3x3, stride 2).
+
+    ``kernel`` and ``stride`` describe the convolution, padded by ``kernel // 2`` on every side (symmetric, as
+    every convolution here); ``max_pool=False`` ends the stem after the ReLU, as the multi-GPU section's ResNet-18
+    does (a 3x3 convolution with stride 1 and no pooling: its 28x28 images are too small to shrink 4x at once).
+    The defaults are the chapter's stem, which every other model shares.
 
     ``in_channels`` None (the book's models) takes whatever channels the first input has; the family's
     models fix it, and an input with other channels is a ValueError.
@@ -36,18 +41,37 @@ class StemSpec:
     channels: int = 64
     conv_bias: bool = True
     in_channels: int | None = None
+    kernel: int = 7
+    stride: int = 2
+    max_pool: bool = True
+
+    def __post_init__(self) -> None:
+        # An even kernel cannot be padded symmetrically to keep the size (kernel // 2 on each side).
+        if positive_int(self.kernel, "the stem's kernel") % 2 == 0:
+            raise ValueError(f"the stem's kernel must be odd (padded by kernel // 2 on each side), got {self.kernel}")
+        positive_int(self.stride, "the stem's stride")
+        flag(self.max_pool, "max_pool")
 
     @property
-    def pool(self) -> PoolSpec:
-        """The max pooling at the end of the stem."""
-        return PoolSpec(3, 2, 1)
+    def pool(self) -> PoolSpec | None:
+        """The max pooling at the end of the stem (3x3, stride 2, padding 1), or None when it has none."""
+        return PoolSpec(3, 2, 1) if self.max_pool else None
 
     def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
-        """Canonical name -> layer."""
-        return {
-            "conv": ConvSpec(self.channels, 7, 2, 3, bias=self.conv_bias, in_channels=in_channels or self.in_channels),
-            "bn": BatchNormSpec(self.channels),
-        }
+        """Canonical name -> layer (the same names, ``conv`` and ``bn``, whatever the kernel or pooling)."""
+        conv = ConvSpec(
+            self.channels, self.kernel, self.stride, self.kernel // 2, bias=self.conv_bias,
+            in_channels=in_channels or self.in_channels,
+        )
+        return {"conv": conv, "bn": BatchNormSpec(self.channels)}
+
+    def describe(self) -> str:
+        """The stem in words, e.g. ``"a 7x7/2 convolution, BN, ReLU and 3x3/2 max pooling"``."""
+        conv = f"a {self.kernel}x{self.kernel}/{self.stride} convolution"
+        pool = self.pool
+        if pool is None:
+            return f"{conv}, BN and ReLU, without max pooling"
+        return f"{conv}, BN, ReLU and {pool.kernel}x{pool.kernel}/{pool.stride} max pooling"
 
 
 @dataclass(frozen=True)
