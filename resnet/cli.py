@@ -83,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--compile", action="store_true",
                        help="torch only: run the train step under torch.compile (the other backends always compile it)")
+    parallel = train.add_argument_group(
+        "several devices or hosts", "data-parallel training through the framework's own engine (README: \"Training on "
+        "several devices or hosts\"); --batch-size stays the global batch")
+    parallel.add_argument("--devices", type=int, default=1,
+                          help="replicas on this host (torch: worker processes, one per device; jax, tensorflow, "
+                               "mxnet: devices of this process) (default 1)")
+    parallel.add_argument("--sync-bn", action="store_true",
+                          help="BatchNorm statistics over the global batch (the framework's synchronised BatchNorm) "
+                               "instead of per replica")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="jax: where the processes meet, process 0's address (default: JAX_COORDINATOR_ADDRESS)")
+    parallel.add_argument("--num-processes", type=int,
+                          help="jax: processes in all (default: JAX_NUM_PROCESSES); torch takes torchrun's, "
+                               "tensorflow TF_CONFIG's, mxnet its launcher's")
+    parallel.add_argument("--process-id", type=int, help="jax: this process, 0 to --num-processes - 1")
     from resnet import bench  # imports no framework
 
     bench.add_arguments(_command(commands, "bench", "measure speed against a stock-layer reference"))
@@ -131,6 +146,7 @@ def _family(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from resnet.data import load_dataset
+    from resnet.parallel import check_global_batch, plan_from_environment
     from resnet.training import TrainConfig, fit
 
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.resize, args.seed)  # validates first
@@ -139,15 +155,26 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not (out / "last.safetensors").is_file():
         raise ValueError(f"--resume: there is no run to resume in {out} (no last.safetensors); drop --resume")
     _check_writable(out)
+    name = selection.backend()
+    plan = plan_from_environment(name, args.devices, args.sync_bn, args.coordinator, args.num_processes,
+                                 args.process_id)
+    check_global_batch(config.batch_size, plan)
     backend = selection.backend_module()
     check_mixed_precision(backend.NAME, args.dtype, args.mixed_precision)  # before the data set is loaded
+    workers = backend.launch(plan, main, (args.argv,))  # PyTorch: one worker process per device, each running this
+    if workers is not None:
+        return max(workers.values(), default=0)
+    plan = backend.init_distributed(plan)  # before any model is built
+    say = print if plan.is_main else (lambda *text: None)
     dataset = load_dataset(args.dataset, args.data_dir)
     # The model keeps the learning rate, as the chapter's ResNet18(lr=0.01); the config says the same.
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype, config.lr)
-    print(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
+    say(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
     history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
                   model_name=args.model, compile=args.compile, mixed_precision=args.mixed_precision,
-                  accelerator=not args.cpu)
+                  accelerator=not args.cpu, plan=plan)
+    if not plan.is_main:
+        return 0
     print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")
     final = history.rows[-1] if history.rows else None
     if final is None:
@@ -178,7 +205,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # for the worker processes a data-parallel run starts
     try:
         chosen = getattr(args, "train_backend", None) or args.backend
         if chosen:

@@ -12,6 +12,9 @@ backend has the same modules, holding the same kind of thing:
 ``models``    ``ResNet``, ``ResNet18`` and the family's builders (``resnet18()`` ... ``resnext101_32x8d()``)
 ``hooks``     the hooks below that the common API (``resnet.api``, ``resnet.weights``) calls
 ``train``     ``make_train_step`` and ``make_predict``, on the framework's usual fast path
+``parallel``  data-parallel training through the framework's own engine: ``init_distributed``, ``launch``,
+              ``replicate``, ``make_parallel_train_step``, ``agree`` (the plan and the batch split are
+              ``resnet.parallel``'s)
 ``stock``     the benchmark's reference: the chapter's model written plainly with the framework's stock layers
 ``d2l``       the framework's part of the stand-in for the book's ``d2l`` (``resnet.d2l``): the ``Module`` and
               ``Classifier`` bases of the chapter's own classes, ``to_batch``, ``train_and_predict``, the
@@ -23,7 +26,7 @@ model's backend from its class (``resnet.api.backend_of``). Arrays cross the hoo
 with canonical names and layouts (``resnet.walk``, ``resnet.layouts``), or as the backend's native tensors
 where a hook says so.
 
-The hooks are written in each backend's ``hooks`` and ``train`` modules under ``@hook``, which gives them the
+The hooks are written in each backend's ``hooks``, ``train`` and ``parallel`` modules under ``@hook``, which gives them the
 docstrings of ``Hooks`` below and checks their parameters against it. ``contract_problems(module)`` lists what a
 backend lacks; the contract test runs it on every backend.
 """
@@ -36,6 +39,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from resnet.parallel import Plan
 from resnet.registry import REGISTRY, BackendInfo
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "HOOKS",
     "Hooks",
     "MODEL_HOOKS",
+    "PARALLEL_HOOKS",
     "TRAIN_HOOKS",
     "check_mixed_precision",
     "contract_problems",
@@ -130,6 +135,54 @@ class Hooks:
         does not depend on). BatchNorm updates its running averages once, as in a training step."""
 
     @staticmethod
+    def init_distributed(plan: Plan) -> Plan:
+        """Start the framework's own engine for ``plan`` (``resnet.parallel``), before any model is built: join
+        the other processes (PyTorch's process group, gloo on a CPU and nccl on GPUs; ``jax.distributed``;
+        TensorFlow's MultiWorkerMirroredStrategy from ``TF_CONFIG``; MXNet's 'dist_sync' kvstore) and make sure
+        ``plan.devices`` local devices exist (on a CPU, by the framework's own means where it has them: logical
+        CPU devices, several CPU contexts), else ValueError saying how many there are and how to get more.
+        Returns the plan, with this process's index filled in where only the engine knows it (the rank MXNet's
+        kvstore gives). Nothing to do for a plan of one replica; calling it again with the same plan changes
+        nothing."""
+
+    @staticmethod
+    def launch(plan: Plan, target: Callable[..., Any], args: tuple) -> dict[int, Any] | None:
+        """Where the framework gives each local device a process of its own (PyTorch), start ``plan.devices``
+        worker processes on this host through the framework's launcher (``torch.distributed``'s elastic launch,
+        meeting on 127.0.0.1 at a free port), each running ``target(*args)`` (a module-level function) with the
+        launcher's environment, and return each worker's result by its process index once all have ended; a
+        worker's failure raises, naming it. None where this process drives its devices itself or is a worker
+        already: the caller then runs ``target`` here."""
+
+    @staticmethod
+    def replicate(model: Model, plan: Plan) -> Model:
+        """The model to train under ``plan``: ``model`` itself, moved where the plan's replicas are, when the
+        engine trains it as it is; else a copy made in the engine's scope (TensorFlow's ``strategy.scope()``)
+        with the same weights, on which every hook works. ``plan.sync_bn`` chooses the framework's synchronised
+        BatchNorm. The weights are the same in every process."""
+
+    @staticmethod
+    def make_parallel_train_step(
+        model: Model, plan: Plan, lr: float | None = None, mixed_precision: bool = False
+    ) -> Callable[..., float | Callable[[], float]]:
+        """``make_train_step``'s step, data-parallel under ``plan``, for a model from ``replicate``. Every
+        process calls ``step(x, labels, wait=True)`` with the same global NCHW batch; replica ``r`` takes rows
+        ``plan.replica_slices(len(x))[r]`` and weights its mean cross-entropy by
+        ``plan.loss_weights(len(x))[r]``; the engine averages the replicas' gradients, so one SGD step, the
+        same on every replica, follows the gradient of the global batch's mean loss, which the step returns
+        (the same in every process). BatchNorm normalizes each replica's rows with their own statistics, or with
+        the global batch's when ``plan.sync_bn`` (the framework's synchronised BatchNorm); after the step every
+        replica's running averages are the mean over the replicas of what each replica's update gave (with
+        ``sync_bn``, the one update of the global batch). ``lr`` and ``mixed_precision`` as in
+        ``make_train_step``."""
+
+    @staticmethod
+    def agree(plan: Plan, fingerprint: str) -> None:
+        """Check through the framework's own collectives that every process of ``plan`` passes the same
+        ``fingerprint`` (the run's settings, as text); ValueError otherwise, naming the processes that differ
+        from process 0. A no-op in one process."""
+
+    @staticmethod
     def make_train_step(
         model: Model, lr: float | None = None, compile: bool = False, mixed_precision: bool = False
     ) -> Callable[..., float | Callable[[], float]]:
@@ -152,9 +205,11 @@ class Hooks:
 
 #: The hooks' names, in the order ``Hooks`` declares them.
 HOOKS: tuple[str, ...] = tuple(name for name in vars(Hooks) if not name.startswith("_"))
-#: The hooks each backend writes in its ``train`` module; the others are in its ``hooks`` module.
+#: The hooks each backend writes in its ``train`` module, and in its ``parallel`` module; the others are in
+#: its ``hooks`` module.
 TRAIN_HOOKS: tuple[str, ...] = ("make_train_step", "make_predict")
-MODEL_HOOKS: tuple[str, ...] = tuple(name for name in HOOKS if name not in TRAIN_HOOKS)
+PARALLEL_HOOKS: tuple[str, ...] = ("init_distributed", "launch", "replicate", "make_parallel_train_step", "agree")
+MODEL_HOOKS: tuple[str, ...] = tuple(name for name in HOOKS if name not in TRAIN_HOOKS + PARALLEL_HOOKS)
 
 
 def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any]]:

@@ -36,6 +36,7 @@ from resnet.atomic import atomic_path
 from resnet.contract import learning_rate_of
 from resnet.data import Batches, Dataset, prefetch
 from resnet.init import initial_weights
+from resnet.parallel import Plan, check_global_batch
 from resnet.reference import softmax_cross_entropy
 from resnet.specs import learning_rate
 from resnet.weights import check_arrays, load_weights, read_weights, write_weights
@@ -216,6 +217,7 @@ def fit(
     compile: bool = False,
     mixed_precision: bool = False,
     accelerator: bool = True,
+    plan: Plan | None = None,
 ) -> History:
     """Train ``model`` on ``dataset`` with plain SGD, evaluating after every epoch; returns the history.
 
@@ -234,7 +236,18 @@ def fit(
         mixed_precision: compute in bfloat16 with float32 weights (PyTorch and JAX; worth it on a GPU).
         accelerator: train on the GPU when the framework sees one (``backend.to_accelerator``); False keeps the
             model where it is.
+        plan: data-parallel training (``resnet.parallel.Plan``) through the framework's own engine, started
+            first with ``backend.init_distributed(plan)``: every process calls ``fit`` alike, the global batch
+            is ``config.batch_size``, and only process 0 logs, shows progress and writes ``out_dir``. The model
+            ends with the trained weights in every process.
     """
+    plan = plan or Plan()
+    if plan.replicas > 1:
+        check_global_batch(config.batch_size, plan)
+        if compile:
+            raise ValueError("compile=True (--compile) is for one device; train data-parallel without it")
+        if not plan.is_main:
+            log, progress = (lambda text: None), False
     backend = backend_of(model)
     spec = model.spec
     lr = learning_rate_of(model, config.lr)  # the config's, else the model's own (the book's ResNet(arch, lr))
@@ -261,9 +274,16 @@ def fit(
         load_weights(model, init)
     else:
         backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
-    if out is not None:
+    parallel = {"replicas": plan.replicas, "processes": plan.processes, "sync_bn": plan.sync_bn}
+    if plan.replicas > 1:
+        backend.agree(plan, json.dumps({**settings, **parallel, "epochs": config.epochs, "start": start}))
+        trained = backend.replicate(model, plan)
+    else:
+        trained = model
+    writes = out is not None and plan.is_main
+    if writes:
         with atomic_path(out / RUN_INFO) as temporary:
-            info = {**settings, "epochs": config.epochs, "device": str(device), "note": dataset.note,
+            info = {**settings, "epochs": config.epochs, "device": str(device), **parallel, "note": dataset.note,
                     "note_details": list(dataset.details)}
             temporary.write_text(json.dumps(info, indent=2) + "\n")
     if dataset.note:
@@ -275,10 +295,19 @@ def fit(
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
-    train_step = backend.make_train_step(model, lr, compile=compile, mixed_precision=mixed_precision)
-    predict = backend.make_predict(model, mixed_precision=mixed_precision)
+    if plan.replicas > 1:
+        train_step = backend.make_parallel_train_step(trained, plan, lr, mixed_precision=mixed_precision)
+        log(f"data-parallel: {plan.replicas} replicas ({plan.devices} per process, {plan.processes} process"
+            f"{'es' if plan.processes > 1 else ''}), BatchNorm statistics "
+            f"{'synchronised over the global batch' if plan.sync_bn else 'per replica'}")
+        left = train.num_examples % config.batch_size
+        if 0 < left < plan.replicas:
+            log(f"the last {left} images of each epoch are fewer than the {plan.replicas} replicas: not trained on")
+    else:
+        train_step = backend.make_train_step(model, lr, compile=compile, mixed_precision=mixed_precision)
+    predict = backend.make_predict(trained, mixed_precision=mixed_precision)
     for epoch in range(start, config.epochs + 1):
-        losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress)
+        losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress, plan.replicas)
         history.step_losses += losses
         val_loss, val_acc = evaluate(predict, val)
         row = {
@@ -294,32 +323,35 @@ def fit(
             f"epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, val_loss {val_loss:.4f}, "
             f"val_acc {val_acc:.4f}, {row['images_per_s']:.0f} images/s"
         )
-        if out is not None:
+        if writes:
             header = {**{k: str(v) for k, v in settings.items()}, "epoch": str(epoch), "spec": repr(spec)}
-            write_weights(backend.get_arrays(model), out / CHECKPOINT, header)  # safetensors headers hold text
+            write_weights(backend.get_arrays(trained), out / CHECKPOINT, header)  # safetensors headers hold text
             _write_metrics(history.rows, out / METRICS)
             plot_curves(history.rows, out / CURVES, f"{settings['model']} on {dataset.name} ({backend.NAME})")
+    if trained is not model:
+        backend.set_arrays(model, backend.get_arrays(trained))
     return history
 
 
 def _train_epoch(
-    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool
+    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool, smallest: int = 1
 ) -> tuple[list[float], float, float]:
-    """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken)."""
+    """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken). A batch of
+    fewer than ``smallest`` images (the replicas of a data-parallel step) is left out."""
     if progress:
         from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
     else:
         from tqdm import tqdm
 
-    losses, weighted, started = [], 0.0, time.perf_counter()
+    losses, weighted, seen, started = [], 0.0, 0, time.perf_counter()
     with tqdm(total=batches.num_examples, unit="img", desc=f"epoch {epoch}/{epochs}", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
 
         def record(loss_of: Callable[[], float], size: int) -> None:
-            nonlocal weighted
+            nonlocal weighted, seen
             loss = float(loss_of())  # waits for that step
             losses.append(loss)
-            weighted += loss * size
+            weighted, seen = weighted + loss * size, seen + size
             bar.update(size)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -327,10 +359,12 @@ def _train_epoch(
         # never waits for Python between steps; the batches are made ahead in another thread.
         in_flight: tuple[Callable[[], float], int] | None = None
         for x, labels in prefetch(batches.epoch(epoch)):
+            if len(labels) < smallest:
+                continue
             queued = train_step(x, labels, wait=False), len(labels)
             if in_flight is not None:
                 record(*in_flight)
             in_flight = queued
         if in_flight is not None:
             record(*in_flight)
-    return losses, weighted / batches.num_examples, time.perf_counter() - started
+    return losses, weighted / max(seen, 1), time.perf_counter() - started

@@ -4,8 +4,10 @@ the first call like the book's."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +17,22 @@ from jax import lax
 from resnet import specs
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
-__all__ = ["CpuConvGeneralDilated", "Shortcut", "block_diagonal_kernel", "make_layer"]
+__all__ = ["CpuConvGeneralDilated", "Shortcut", "block_diagonal_kernel", "make_layer", "synchronised_batch_norm"]
+
+_BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
+
+
+@contextlib.contextmanager
+def synchronised_batch_norm(axis_name: str | None) -> Iterator[None]:
+    """Inside, the BatchNorm layers that a model sets up (Flax sets its layers up in each ``apply``) are Flax's
+    synchronised ``BatchNorm(axis_name=axis_name)``: batch statistics averaged over the devices along that axis
+    of a ``shard_map``'s mesh, the global batch's (``resnet.backends.jax.parallel``). None, and outside: each
+    device's own batch. The model's fields and weights stay the same: only how a training step runs changes."""
+    token = _BATCH_NORM_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_AXIS.reset(token)
 
 
 class CpuConvGeneralDilated:
@@ -128,6 +145,7 @@ def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
             momentum=1 - specs.BN_MOMENTUM,
             epsilon=specs.BN_EPSILON,
             use_fast_variance=False,
+            axis_name=_BATCH_NORM_AXIS.get(),  # None but inside synchronised_batch_norm
         )
     if isinstance(layer, DenseSpec):
         return nn.Dense(layer.out_features)

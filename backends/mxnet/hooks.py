@@ -48,11 +48,18 @@ def dtype_of(model: nn.HybridBlock) -> str:
     return np.dtype(next(iter(model.collect_params().values())).dtype).name
 
 
+def context_of(model: nn.HybridBlock | gluon.Parameter) -> mx.Context:
+    """The context of the (first) copy of a model's weights, or of a parameter's; the current one before
+    they have any."""
+    parameter = model if isinstance(model, gluon.Parameter) else next(iter(model.collect_params().values()))
+    return parameter.list_ctx()[0] if parameter._ctx_list else mx.context.current_context()
+
+
 @hook
 def device_of(model: nn.HybridBlock) -> str:
-    """Gluon's context: ``mx.cpu(0)`` is ``"cpu:0"``."""
-    parameter = next(iter(model.collect_params().values()))
-    context = parameter.list_ctx()[0] if parameter._ctx_list else mx.context.current_context()
+    """Gluon's context: ``mx.cpu(0)`` is ``"cpu:0"``; for a model on several (``parallel.replicate``), the
+    first."""
+    context = context_of(model)
     return f"{context.device_type}:{context.device_id}"
 
 
@@ -177,7 +184,8 @@ def _native_items(model: nn.HybridBlock) -> dict[str, gluon.Parameter]:
 
 @hook
 def get_arrays(model: nn.HybridBlock) -> dict[str, np.ndarray]:
-    return {name: param.data().asnumpy() for name, param in _native_items(model).items()}
+    """From the first context of a model on several (``parallel.replicate``): the copies are the same."""
+    return {name: param.list_data()[0].asnumpy() for name, param in _native_items(model).items()}
 
 
 @hook

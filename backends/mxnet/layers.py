@@ -6,18 +6,19 @@ numpy semantics (``npx.set_np()``)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from mxnet.gluon import nn
+from mxnet.gluon import contrib, nn
 from mxnet.util import is_np_array, np_array, np_shape
 
 from resnet import specs
 from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
-    "BothSemantics", "ChunkedConv2D", "Shortcut", "as_kind", "check_names", "make_layer", "named_layers",
-    "named_sequential", "numpy_semantics", "semantics_of",
+    "BothSemantics", "ChunkedConv2D", "Shortcut", "SyncBatchNorm", "as_kind", "check_names", "make_layer",
+    "named_layers", "named_sequential", "numpy_semantics", "semantics_of", "synchronised_batch_norm",
 ]
 
 # ----------------------------------------------------------------------------------- MXNet's two semantics
@@ -84,6 +85,32 @@ def semantics_of(block: nn.Block) -> contextlib.AbstractContextManager:
 # No BatchNorm subclass here (torch needs one): Gluon's BatchNorm already averages the *biased* batch
 # variance and infers its channel count at the first call. It updates the running averages in the
 # *backward* pass, though, which ``hooks.apply`` has to allow for.
+
+#: While set (``synchronised_batch_norm``), make_layer makes Gluon's SyncBatchNorm over this many devices.
+_SYNC_DEVICES: contextvars.ContextVar[int | None] = contextvars.ContextVar("sync_devices", default=None)
+
+
+@contextlib.contextmanager
+def synchronised_batch_norm(num_devices: int) -> Iterator[None]:
+    """Within: ``make_layer`` makes BatchNorm layers synchronised over ``num_devices`` contexts of this process
+    (``SyncBatchNorm``) instead of Gluon's per-device ``nn.BatchNorm``."""
+    token = _SYNC_DEVICES.set(num_devices)
+    try:
+        yield
+    finally:
+        _SYNC_DEVICES.reset(token)
+
+
+class SyncBatchNorm(contrib.nn.SyncBatchNorm):
+    """Gluon's synchronised BatchNorm (the statistics of all ``num_devices`` replicas' rows together, the biased
+    variance as ``nn.BatchNorm``'s; running averages also updated in the backward pass) in either numpy
+    semantics: its operator is a legacy one, so under ``npx.set_np()`` its arrays cross as legacy ones, sharing
+    memory. MXNet 1.9.1 computes it in float32 only (``real_t`` throughout its kernel)."""
+
+    def hybrid_forward(self, F: Any, x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any) -> Any:
+        numpy = is_np_array()
+        legacy = (as_kind(a, False) for a in (x, gamma, beta, running_mean, running_var))
+        return as_kind(F.contrib.SyncBatchNorm(*legacy, name="fwd", **self._kwargs), numpy)
 
 
 class ChunkedConv2D(nn.Conv2D):
@@ -185,7 +212,9 @@ def make_layer(layer: LayerSpec, prefix: str | None = None) -> nn.HybridBlock:
         )
     if isinstance(layer, BatchNormSpec):
         # Gluon's momentum is the weight of the old running value: the complement of ours.
-        return nn.BatchNorm(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, prefix=prefix)
+        options = dict(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, prefix=prefix)
+        devices = _SYNC_DEVICES.get()
+        return nn.BatchNorm(**options) if devices is None else SyncBatchNorm(num_devices=devices, **options)
     if isinstance(layer, DenseSpec):
         return nn.Dense(layer.out_features, prefix=prefix)
     raise TypeError(f"unknown layer description {layer!r}")

@@ -9,7 +9,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from resnet.backends.mxnet.hooks import apply, dtype_of, initialize, to_native, to_numpy
+from resnet.backends.mxnet.hooks import apply, context_of, dtype_of, initialize, to_native, to_numpy
 from resnet.backends.mxnet.layers import semantics_of
 from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
@@ -50,9 +50,12 @@ def make_predict(model: nn.HybridBlock, mixed_precision: bool = False) -> Callab
     """Hybridized, as in the train step."""
     dtype = check_mixed_precision(NAME, dtype_of(model), mixed_precision)
     model.hybridize()  # the framework's fast path, as in make_train_step
+    first = next(iter(model.collect_params().values()))
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return to_numpy(apply(model, to_native(x, dtype), training=False))
+        with context_of(first):  # the input where the weights are (the first context of a replicated model)
+            x = to_native(x, dtype)
+        return to_numpy(apply(model, x, training=False))
 
     return predict
 

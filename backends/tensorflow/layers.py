@@ -120,8 +120,19 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     Keras 3 normalizes with separate operations; the fused kernel's forward and backward passes are 1.7-4x
     faster on a 2-core CPU (4x48x48x64: 2.7 against 1.5 ms; 128x24x24x64: 25 against 6 ms). Anything else (a
-    mask, float64, another axis, renorm, no scale or no center) goes through Keras' own ``call``.
+    mask, float64, another axis, renorm, no scale or no center, ``synchronized=True``) goes through Keras' own
+    ``call``.
+
+    Under a ``tf.distribute`` strategy (``resnet.backends.tensorflow.parallel``) each replica updates the running
+    averages from its own batch statistics; they are mirrored variables with the aggregation ``"mean"``, so
+    every update is the mean over the replicas of what each replica computed, the same in every replica (Keras'
+    default, ``"none"``, cannot be updated inside a replica). Outside a strategy the aggregation changes nothing.
     """
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
+        if not kwargs.get("trainable", True):  # the running mean and variance
+            kwargs.setdefault("aggregation", "mean")
+        return super().add_weight(*args, **kwargs)
 
     def _fused(self, inputs: tf.Tensor, mask: Any) -> bool:
         return (

@@ -1,5 +1,6 @@
 """PyTorch layers from layer descriptions: convolutions, BatchNorm (with the canonical running variance) and
-dense layers, inferring their input sizes at the first call like the book's ``nn.Lazy*`` layers."""
+dense layers, inferring their input sizes at the first call like the book's ``nn.Lazy*`` layers; and the
+synchronised BatchNorm of data-parallel training (``SyncBatchNorm2d``, ``synchronise_batch_norm``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import contextlib
 from typing import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol  # collectives with gradients (torch's recommended ones)
 from torch import nn
+from torch.nn.modules._functions import SyncBatchNorm as _SyncBatchNormFunction  # what nn.SyncBatchNorm runs
 from torch.nn.modules.batchnorm import _BatchNorm  # what BatchNorm2d and LazyBatchNorm2d share
 
 from resnet import specs
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
-__all__ = ["BatchNorm2d", "LazyBatchNorm2d", "Shortcut", "make_layer", "statistics_at_the_end"]
+__all__ = [
+    "BatchNorm2d", "LazyBatchNorm2d", "Shortcut", "SyncBatchNorm2d", "make_layer", "statistics_at_the_end",
+    "synchronise_batch_norm",
+]
 
 
 def _batch_norm(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -24,11 +31,16 @@ def _batch_norm(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     # normalizes one example too (PyTorch's F.batch_norm refuses a single value per channel; here that gives
     # the shift, as in Keras, Flax and MXNet).
     y, mean, invstd = torch.ops.aten.native_batch_norm(x, layer.weight, layer.bias, None, None, True, 0.0, layer.eps)
+    _record_statistics(layer, mean, invstd)
+    return y
+
+
+def _record_statistics(layer: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> None:
+    """Move ``layer``'s running averages towards a batch's statistics, at the end of the running train step."""
     if _PENDING_STATISTICS is not None:  # inside a train step: updated with every other layer's at its end
         _PENDING_STATISTICS.append((layer, mean, invstd))
     else:
         _update_statistics([(layer, mean, invstd)])
-    return y
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -85,6 +97,76 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
         # pre-hook creates the weights and swaps the class. Without it that call would be PyTorch's own
         # BatchNorm (the unbiased variance in the running average, and an error for a batch of one).
         return _batch_norm(self, x)
+
+
+class SyncBatchNorm2d(BatchNorm2d):
+    """``BatchNorm2d`` normalizing, in training, with the statistics of the global batch: the rows of every
+    process in ``torch.distributed``'s default group together (``--sync-bn``).
+
+    On GPUs the statistics and their gradients are torch's SyncBatchNorm's (the autograd function that
+    ``nn.SyncBatchNorm`` runs: one all-gather forward, one all-reduce backward); torch has no CPU kernels for
+    it and DistributedDataParallel refuses ``nn.SyncBatchNorm`` on a CPU, so on a CPU the same sums go through
+    all-reduces that carry gradients (``torch.distributed._functional_collectives``). Either way the running
+    variance averages the *biased* variance of the global batch, as ``BatchNorm2d``'s does (``nn.SyncBatchNorm``
+    would average the unbiased one). In inference, or outside a group of several processes, ``BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return _batch_norm(self, x)
+        synchronised = _torch_sync_batch_norm if x.is_cuda and torch.is_grad_enabled() else _summed_batch_norm
+        y, mean, invstd = synchronised(self, x)
+        _record_statistics(self, mean.detach(), invstd.detach())
+        return y
+
+    @classmethod
+    def like(cls, layer: _BatchNorm) -> SyncBatchNorm2d:
+        """A synchronised copy of ``layer``: its settings, weights, running averages and mode."""
+        weight = layer.weight
+        synchronised = cls(layer.num_features, layer.eps, layer.momentum, device=weight.device, dtype=weight.dtype)
+        synchronised.load_state_dict(layer.state_dict())
+        return synchronised.train(layer.training)
+
+
+def _torch_sync_batch_norm(layer: _BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """torch's SyncBatchNorm (CUDA only), asked not to touch the running averages: the output, and the global
+    mean and 1/sqrt(biased variance + eps) it normalized with (what it keeps for its backward pass)."""
+    y = _SyncBatchNormFunction.apply(
+        x, layer.weight, layer.bias, None, None, layer.eps, 0.0, dist.group.WORLD, dist.get_world_size()
+    )
+    saved = y.grad_fn.saved_tensors  # (input, weight, mean, invstd, counts) in torch 2.x
+    if len(saved) != 5 or saved[2].shape != (x.shape[1],) or saved[3].shape != (x.shape[1],):
+        raise RuntimeError("this torch's SyncBatchNorm keeps other tensors than torch 2.x's (input, weight, mean, "
+                           "invstd, counts): resnet.backends.torch.layers._torch_sync_batch_norm needs updating")
+    return y, saved[2], saved[3]
+
+
+def _summed_batch_norm(layer: _BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """BatchNorm over every process's rows on any device: the channel sums all-reduced (gradients too), the
+    mean first, then the squared deviations from it (two passes, as exact as one device's BatchNorm)."""
+    group, per_channel = dist.group.WORLD, (1, -1, 1, 1)
+    dtype = torch.promote_types(x.dtype, layer.weight.dtype)  # bfloat16 activations: statistics in float32
+    z = x.to(dtype)
+    counted = torch.cat([z.sum((0, 2, 3)), z.new_full((1,), z.numel() // z.shape[1])])
+    sums = funcol.all_reduce(counted, "sum", group)
+    count = sums[-1]
+    mean = sums[:-1] / count
+    centred = z - mean.view(per_channel)
+    variance = funcol.all_reduce(centred.square().sum((0, 2, 3)), "sum", group) / count
+    invstd = torch.rsqrt(variance + layer.eps)
+    y = centred * (invstd * layer.weight).view(per_channel) + layer.bias.view(per_channel)
+    return y.to(x.dtype), mean, invstd
+
+
+def synchronise_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with each of its BatchNorm layers replaced, in place, by a ``SyncBatchNorm2d`` with the same
+    weights (``nn.SyncBatchNorm.convert_sync_batchnorm``'s work, for this package's BatchNorm)."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, SyncBatchNorm2d):
+            setattr(module, name, SyncBatchNorm2d.like(child))
+        else:
+            synchronise_batch_norm(child)
+    return module
 
 
 def make_layer(layer: LayerSpec) -> nn.Module:

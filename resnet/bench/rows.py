@@ -84,6 +84,25 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, An
     return result
 
 
+def _parallel_overhead(ctx: Context) -> dict[str, Any]:
+    """The data-parallel path (``make_parallel_train_step`` through the framework's engine) on one replica,
+    against the plain train step: what the engine costs where it has nothing to share."""
+    from resnet.parallel import Plan
+
+    s, rn = ctx.settings, ctx.rn
+    x, labels = ctx.batch()
+    plan = rn.init_distributed(Plan())
+    ours_model = ctx.ours_resnet18()
+    parallel = rn.make_parallel_train_step(rn.replicate(ours_model, plan), plan, s.lr, mixed_precision=s.mixed_precision)
+    plain = rn.make_train_step(ctx.ours_resnet18(), s.lr, mixed_precision=s.mixed_precision)
+    result = measure(Side(lambda: parallel(x, labels), s.batch_size), Side(lambda: plain(x, labels), s.batch_size), s,
+                     min_steps=s.model_min_steps)
+    result["gflop_per_item"] = _gflop(ours_model, s.input_shape, 3)
+    result["reference_is"] = "ours, the plain train step (make_train_step) on the same device"
+    result["note"] = "ratio: the data-parallel path on one replica against the plain step (target >= 0.95x)"
+    return result
+
+
 def _resnext(ctx: Context, groups: int) -> dict[str, Any]:
     s, rn, kit = ctx.settings, ctx.rn, ctx.kit
     from resnet.init import initial_weights
@@ -178,6 +197,7 @@ MEASURE: dict[str, Callable[[Context], dict[str, Any]]] = {
     "resnet18_infer": lambda ctx: _resnet18(ctx, train=False),
     "resnet18_train_compiled": lambda ctx: _resnet18(ctx, train=True, compiled=True),
     "resnet18_infer_compiled": lambda ctx: _resnet18(ctx, train=False, compiled=True),
+    "resnet18_train_parallel": _parallel_overhead,
     **{name: (lambda ctx, g=g: _resnext(ctx, g)) for name, g in RESNEXT_GROUPS.items()},
     "data_pipeline": _data_pipeline,
     "import_resnet": lambda ctx: _imports(ctx, backend_too=False),
@@ -187,7 +207,8 @@ MEASURE: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 #: The running order: the quick rows first, and the matmul peak before the rows that report a fraction of it.
 ORDER = ("import_resnet", "import_backend", "matmul_peak", "data_pipeline", "resnext_g2", "resnext_g8", "resnext_g32",
-         "resnet18_infer", "resnet18_train", "resnet18_infer_compiled", "resnet18_train_compiled", "recipe")
+         "resnet18_infer", "resnet18_train", "resnet18_train_parallel", "resnet18_infer_compiled",
+         "resnet18_train_compiled", "recipe")
 
 
 def _finish(name: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ MEASUREMENTS: dict[str, str] = {
     "resnet18_infer": "ResNet-18 inference, NumPy NCHW batch in, logits out",
     "resnet18_train_compiled": "torch only: ours under torch.compile vs ours eager, train step",
     "resnet18_infer_compiled": "torch only: ours under torch.compile vs ours eager, inference",
+    "resnet18_train_parallel": "ResNet-18 train step through the data-parallel engine on one replica vs the plain step",
     "resnext_g2": "ResNeXtBlock(64, 2, 1) forward+backward, native tensors",
     "resnext_g8": "ResNeXtBlock(64, 8, 1) forward+backward, native tensors",
     "resnext_g32": "ResNeXtBlock(64, 32, 1) forward+backward, native tensors",
@@ -35,6 +36,8 @@ REFERENCES: dict[str, str | None] = {
     "resnet18_infer": _STOCK_MODELS + "; run eagerly under no_grad, in a tf.function, jax.jit, hybridized",
     "resnet18_train_compiled": "ours in eager mode (the default)",
     "resnet18_infer_compiled": "ours in eager mode (the default)",
+    "resnet18_train_parallel": "ours, the plain train step (make_train_step): DistributedDataParallel, a jax.sharding "
+    "mesh, a tf.distribute strategy, a Gluon kvstore against no engine",
     **{name: "the same block with the framework's grouped convolution: groups=g (torch, Gluon; Keras' Conv2D "
        "runs it through XLA), feature_group_count=g (Flax)" for name in ("resnext_g2", "resnext_g8", "resnext_g32")},
     "data_pipeline": None,
