@@ -247,20 +247,20 @@ def MXNET_DIST(port: int) -> dict[str, str]:  # noqa: N802 (a table, as the othe
             "DMLC_NUM_WORKER": "2"}
 
 
-def test_two_processes_follow_the_reference_per_half(backend_name, tmp_path):
-    """Two processes of one replica each, started as each framework's launcher starts them, on 127.0.0.1."""
+def two_processes(backend: str, cwd: Path, command: list[str]) -> list[tuple[int, str, str]]:
+    """Run ``command`` as 2 processes of ``backend``, started as its launcher starts them on 127.0.0.1
+    (MXNet's parameter server beside them); (return code, stdout, stderr) of each, once both have ended."""
     port = free_port()
     helpers: list[subprocess.Popen] = []
-    if backend_name == "mxnet":  # the parameter server's scheduler and server, as MXNet's launcher starts them
+    if backend == "mxnet":  # the parameter server's scheduler and server, as MXNet's launcher starts them
         for role in ("scheduler", "server"):
-            helpers.append(subprocess.Popen([sys.executable, "-c", "import mxnet"], cwd=tmp_path,
+            helpers.append(subprocess.Popen([sys.executable, "-c", "import mxnet"], cwd=cwd,
                                             env=quiet_env(**MXNET_DIST(port), DMLC_ROLE=role),
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    out = tmp_path / "steps.npz"
     workers = [
-        subprocess.Popen([sys.executable, str(STEPS_SCRIPT), backend_name, "1", "0", str(out)], cwd=tmp_path,
-                         env=quiet_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for extra in multi_process_environments(backend_name, port)
+        subprocess.Popen(command, cwd=cwd, env=quiet_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for extra in multi_process_environments(backend, port)
     ]
     try:
         outputs = [worker.communicate(timeout=TIMEOUT) for worker in workers]
@@ -269,7 +269,44 @@ def test_two_processes_follow_the_reference_per_half(backend_name, tmp_path):
             if process.poll() is None:
                 process.kill()  # only what this test started
             process.wait(timeout=60)
-    for worker, (stdout, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, f"a {backend_name} process failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return [(worker.returncode, stdout, stderr) for worker, (stdout, stderr) in zip(workers, outputs)]
+
+
+def test_two_processes_follow_the_reference_per_half(backend_name, tmp_path):
+    """Two processes of one replica each, started as each framework's launcher starts them, on 127.0.0.1."""
+    out = tmp_path / "steps.npz"
+    for code, stdout, stderr in two_processes(backend_name, tmp_path,
+                                              [sys.executable, str(STEPS_SCRIPT), backend_name, "1", "0", str(out)]):
+        assert code == 0, f"a {backend_name} process failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     assert_same_run(dict(np.load(out)), reference_steps(2), REFERENCE_RTOL.get(backend_name, 1e-8),
                     "2 processes against the reference per half")
+
+
+AGREE = """
+import importlib, os, sys
+from resnet.parallel import plan_from_environment
+rn = importlib.import_module("resnet.backends." + sys.argv[1])
+plan = rn.init_distributed(plan_from_environment(sys.argv[1]))
+lr = "0.05" if plan.process_index == 0 else "0.1"  # a setting the two processes do not share
+try:
+    rn.agree(plan, '{"lr": ' + lr + ', "epochs": 2}')
+except ValueError as error:
+    print("refused:", error)
+else:
+    print("agreed")
+"""
+
+
+def test_processes_with_different_settings_are_refused(backend_name, tmp_path):
+    """Mismatched settings between processes stop each process with an error naming the difference."""
+    for code, stdout, stderr in two_processes(backend_name, tmp_path, [sys.executable, "-c", AGREE, backend_name]):
+        assert code == 0, stderr[-6000:]
+        assert "refused:" in stdout and "process 1" in stdout, stdout[-3000:]  # the process that differs
+
+
+def test_more_devices_than_exist_is_a_clear_error(backend_name, tmp_path):
+    done = subprocess.run(train_command(tmp_path / "run", "--epochs", "1", "--devices", "64"), capture_output=True,
+                          text=True, timeout=TIMEOUT, cwd=tmp_path, env=quiet_env(RESNET_BACKEND=backend_name))
+    assert done.returncode == 2, done.stderr[-6000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("resnet: error:") and "64" in message and "Traceback" not in done.stderr, done.stderr

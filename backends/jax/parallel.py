@@ -61,6 +61,14 @@ def init_distributed(plan: Plan) -> Plan:
     if plan.processes > 1:
         _join(plan)
     found = jax.local_devices()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if found[0].platform == "cpu" and plan.devices > cores:
+        # XLA would make the host devices, but they would share the cores: as in the other backends, at most one
+        # replica per core, so that "more devices than exist" means the same everywhere.
+        raise ValueError(
+            f"--devices {plan.devices} asks for {plan.devices} CPU replicas, but this host has {cores} CPU core"
+            f"{'s' if cores > 1 else ''}: use at most {cores}, or more hosts (--num-processes)"
+        )
     if len(found) < plan.devices:
         how = (
             "This backend makes CPU devices when JAX starts, but JAX had started already: set XLA_FLAGS="
