@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 
 from resnet import d2l as book
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 from resnet.backends.jax.blocks import ResNeXtBlock, Residual
 from resnet.backends.jax.hooks import Variables, to_native
 from resnet.backends.jax.models import ResNet, ResNet18
@@ -29,7 +30,6 @@ __all__ = [
 ]  # fmt: skip
 
 NAME = declared(__name__).name
-DataModule, HyperParameters, Trainer, add_to_class = book.DataModule, book.HyperParameters, book.Trainer, book.add_to_class
 
 
 class FashionMNIST(book.FashionMNIST):

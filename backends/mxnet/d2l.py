@@ -12,6 +12,7 @@ from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
 from resnet import d2l as book
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 from resnet.backends.mxnet.blocks import ResNeXtBlock, Residual
 from resnet.backends.mxnet.hooks import to_native
 from resnet.backends.mxnet.layers import semantics_of
@@ -27,7 +28,6 @@ __all__ = [
 ]  # fmt: skip
 
 NAME = declared(__name__).name
-DataModule, HyperParameters, Trainer, add_to_class = book.DataModule, book.HyperParameters, book.Trainer, book.add_to_class
 
 # The chapter calls ``npx.set_np()`` first, and then Gluon takes and returns ``mxnet.numpy`` arrays; without it,
 # legacy NDArrays. Everything here makes arrays of the current semantics, except where a model is run: there,

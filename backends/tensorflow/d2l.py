@@ -12,6 +12,7 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 import keras  # isort: skip
 
 from resnet import d2l as book
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 from resnet.backends.tensorflow.blocks import ResNeXtBlock, Residual
 from resnet.backends.tensorflow.hooks import to_native
 from resnet.backends.tensorflow.models import ResNet, ResNet18
@@ -26,7 +27,6 @@ __all__ = [
 ]  # fmt: skip
 
 NAME = declared(__name__).name
-DataModule, HyperParameters, Trainer, add_to_class = book.DataModule, book.HyperParameters, book.Trainer, book.add_to_class
 
 
 class FashionMNIST(book.FashionMNIST):

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from resnet import d2l as book
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 from resnet.backends.torch.blocks import ResNeXtBlock, Residual
 from resnet.backends.torch.hooks import to_native
 from resnet.backends.torch.models import ResNet, ResNet18
@@ -25,7 +26,6 @@ __all__ = [
 ]  # fmt: skip
 
 NAME = declared(__name__).name
-DataModule, HyperParameters, Trainer, add_to_class = book.DataModule, book.HyperParameters, book.Trainer, book.add_to_class
 
 
 class FashionMNIST(book.FashionMNIST):
