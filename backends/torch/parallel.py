@@ -14,6 +14,7 @@ same all-reduce that averages the loss) or, with ``plan.sync_bn``, the global ba
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
@@ -125,7 +126,16 @@ def init_distributed(plan: Plan) -> Plan:
     dist.init_process_group(
         _engine_backend(), init_method=method, rank=plan.process_index, world_size=plan.processes, timeout=TIMEOUT
     )
+    # Left to the interpreter's exit, gloo's threads can outlive the group and abort the process ("terminate
+    # called without an active exception", status -6) after an error such as agree's had been reported.
+    atexit.register(_leave)
     return plan
+
+
+def _leave() -> None:
+    """Leave the process group at exit, if still in one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @hook
