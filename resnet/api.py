@@ -11,6 +11,10 @@ shape would be ``A`` channels of ``B x C`` images, 1 or 3 pixels wide, as the bo
 ``(1, 96, 96, 1)`` would be: 96 channels of 96x1. With ``layout="NHWC"`` (a TensorFlow or JAX model's own
 ``layer_summary`` method) the mirror rule refuses ``(N, C, A, A)`` with ``C`` 1 or 3 and ``A > 4``, such as the
 book's PyTorch ``(1, 1, 96, 96)``.
+
+A batch given to ``forward`` is checked by ``check_batch`` before anything is built or run, by one policy for
+every backend (its docstring): the frameworks alone differ, some raising their own errors, some computing
+numbers from a misfit batch or writing NaN into BatchNorm's running averages.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import numpy as np
 
 from resnet import selection
 from resnet.layouts import shape_to_native, shape_to_nchw
+from resnet.shapes import block_output_shape, model_part_shapes
 from resnet.specs import BlockSpec, ModelSpec
 
 __all__ = [
     "backend_of",
+    "check_batch",
     "forward",
     "layer_summary",
     "macs",
@@ -161,17 +167,110 @@ def _native_input(bk: Any, model: Any, x: np.ndarray) -> Any:
     return bk.to_native(x, bk.dtype_of(model))
 
 
+#: The kinds of NumPy dtype a batch may have (``dtype.kind``): bool, signed and unsigned integers, floats.
+REAL_KINDS = "biuf"
+
+
+def check_batch(model: Any, x: Any) -> np.ndarray:
+    """``x`` as a NumPy batch for ``model`` in the model's precision, after checking it against the policy
+    below, before anything is built or run: what ``forward`` does first, and what a training loop can call on
+    each batch. The policy is the same in every backend; a batch that breaks it is refused with the error named.
+
+    * Shape: a 4-D array in NCHW order (TypeError for what NumPy cannot make an array of; ValueError for
+      another number of axes, or a shape that looks NHWC: ``check_layout``).
+    * Values: real numbers. Floats, integers and booleans are converted to the model's precision (float32 or
+      float64); complex numbers (whose imaginary part would be dropped), objects and strings are a TypeError.
+    * Size: at least one image, and no axis of length 0 (ValueError, in either mode: in training an empty
+      batch would make BatchNorm's running averages NaN).
+    * Channels: those the model was built for (the ``input_channels`` hook) and those its description
+      requires (a family model's ``in_channels``; a block with an identity shortcut needs as many as it puts
+      out), with every part's output size at least 1 (``resnet.shapes``) (ValueError).
+    * Finite values only: NaN and infinities, including float64 values beyond float32's range in a float32
+      model, are a ValueError that counts them and gives the index of the first.
+    """
+    bk = backend_of(model)
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as error:  # ragged nested lists, for one
+        message = f"x must be an array of numbers in NCHW order, but NumPy cannot make one of it: {error}"
+        raise TypeError(message) from error
+    if array.dtype.kind not in REAL_KINDS:
+        hint = " (take x.real for the real part)" if array.dtype.kind == "c" else ""
+        raise TypeError(
+            f"x must hold real numbers (float, int or bool, converted to the model's precision), but its dtype is "
+            f"{array.dtype}{hint}; pass a NumPy array of images, e.g. np.asarray(images, dtype=np.float32) "
+            "(framework tensors: their .numpy() or .asnumpy())"
+        )
+    if array.ndim != 4:
+        raise ValueError(
+            f"x must be a 4-D array in NCHW order (batch, channels, height, width); got shape {array.shape}"
+        )
+    shape = tuple(int(d) for d in array.shape)
+    check_layout(shape)
+    if 0 in shape:
+        axis = ("batch", "channels", "height", "width")[shape.index(0)]
+        raise ValueError(
+            f"x has no values: its {axis} axis is 0 (shape {shape}); a batch needs at least one image, with at least "
+            "one channel and pixel (in training an empty batch would make BatchNorm's running averages NaN). Skip "
+            "empty batches"
+        )
+    _check_channels(bk, model, shape)
+    dtype = bk.dtype_of(model)
+    with np.errstate(over="ignore"):  # an overflow to infinity is reported below, as any infinity is
+        converted = np.asarray(array, dtype=dtype)
+    if array.dtype.kind == "f":  # integers and booleans are finite, in either precision
+        _check_finite(converted, array)
+    return converted
+
+
+def _check_channels(bk: ModuleType, model: Any, shape: Shape) -> None:
+    """ValueError unless ``model`` takes an NCHW batch of ``shape``: its description's requirements first (they
+    name the argument to change), then the channels it was built for."""
+    spec = model.spec
+    if isinstance(spec, ModelSpec):
+        model_part_shapes(spec, shape)
+    else:
+        block_output_shape(spec, shape)
+    built, channels = bk.input_channels(model), shape[1]
+    if built is not None and built != channels:
+        plural = "s" if built > 1 else ""
+        raise ValueError(
+            f"this {type(model).__name__} was built for {built} input channel{plural}, but x has {channels} (shape "
+            f"{shape}); a model's weights fit the channels of the first batch it saw. Feed it {built}-channel NCHW "
+            f"images, or build a new model for {channels} channels"
+        )
+
+
+def _check_finite(converted: np.ndarray, original: np.ndarray) -> None:
+    """ValueError when ``converted`` (``original`` in the model's precision) holds NaN or infinities: how many
+    of each, and the first one's index."""
+    finite = np.isfinite(converted)
+    if finite.all():
+        return
+    nan = int(np.isnan(converted).sum())
+    infinite = int(finite.size - finite.sum()) - nan
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), converted.shape))
+    overflow = ""
+    if np.isfinite(original).all():
+        overflow = f" (values beyond {converted.dtype}'s range, +-{np.finfo(converted.dtype).max:.3g}, become infinite)"
+    raise ValueError(
+        f"x holds {nan} NaN and {infinite} infinite value{'s' if infinite != 1 else ''} in the model's precision "
+        f"{converted.dtype}{overflow}, the first at index {first}; inputs must be finite images. Replace them "
+        "(e.g. np.nan_to_num(x)) or drop the images that hold them (x[np.isfinite(x).all(axis=(1, 2, 3))])"
+    )
+
+
 def forward(model: Any, x: np.ndarray, training: bool = False) -> np.ndarray:
     """Run ``model`` on a NumPy array in NCHW order and return a NumPy array (NCHW, or (N, classes)).
+
+    ``x`` is checked first (``check_batch``: real, finite values, at least one image, the channels the model
+    takes) and converted to the model's precision; nothing is built or run for a batch it refuses.
 
     In training mode BatchNorm normalizes with the batch statistics and updates its running averages as
     the framework does in a training step (MXNet updates them in the backward pass, so its backend runs
     one with a zero gradient).
     """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"x must be a 4-D array in NCHW order, got shape {x.shape}")
-    check_layout(tuple(int(d) for d in x.shape))
+    x = check_batch(model, x)
     bk = backend_of(model)
     bk.build(model, x.shape)
     return bk.to_numpy(bk.apply(model, _native_input(bk, model, x), bool(training)))

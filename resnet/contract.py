@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import inspect
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from resnet.parallel import Plan
 from resnet.registry import REGISTRY, BackendInfo
+from resnet.specs import BlockSpec, ConvSpec, ModelSpec
+from resnet.walk import tensors
 
 __all__ = [
     "CLASSES",
@@ -49,10 +51,12 @@ __all__ = [
     "MODEL_HOOKS",
     "PARALLEL_HOOKS",
     "TRAIN_HOOKS",
+    "check_batch_norm_batch",
     "check_mixed_precision",
     "contract_problems",
     "declared",
     "export",
+    "first_layer_channels",
     "hook",
     "learning_rate_of",
 ]
@@ -100,6 +104,12 @@ class Hooks:
     def build(model: Model, input_shape: tuple[int, ...]) -> None:
         """Create the weights of a model's layers for an NCHW input shape, leaving BatchNorm statistics at their
         initial values; a no-op once built."""
+
+    @staticmethod
+    def input_channels(model: Model) -> int | None:
+        """The number of input channels the model was built for, read from the weight of the first layer it runs
+        (``first_layer_channels``); None before it is built, when it takes any (a description may still fix
+        them: a family model's ``in_channels``)."""
 
     @staticmethod
     def apply(model: Model, x: Native, training: bool) -> Native:
@@ -329,3 +339,28 @@ def learning_rate_of(model: Any, lr: float | None) -> float:
             )
         lr = model.lr
     return learning_rate(lr)
+
+
+def first_layer_channels(spec: BlockSpec | ModelSpec, weight_shape: Sequence[int], layout: str) -> int:
+    """The input channels a block or model was built for, from the native shape ``weight_shape`` of its first
+    canonical tensor (``resnet.walk.tensors``): the weight of the first layer it runs, which reads its input (a
+    ResNet's stem convolution, a block's ``conv1``, a pre-activation block's ``bn1``). A convolution's kernel is
+    OIHW in the NCHW ``layout`` and HWIO in NHWC, with ``in_channels // groups`` inputs; BatchNorm's scale has one
+    value per channel."""
+    first = next(tensors(spec))
+    if isinstance(first.layer, ConvSpec):
+        return int(weight_shape[1 if layout == "NCHW" else 2]) * first.layer.groups
+    return int(weight_shape[0])
+
+
+def check_batch_norm_batch(input_shape: Sequence[int | None]) -> None:
+    """ValueError for BatchNorm in training mode on an empty batch (``input_shape[0]`` 0; None, a batch size not
+    known while tracing, passes), which every backend's BatchNorm calls with the same message: the batch
+    statistics of no values are NaN, and Flax and Keras would write them into the running averages without a
+    word, spoiling the model for good (PyTorch and MXNet stop with errors of their own)."""
+    if input_shape[0] == 0:
+        raise ValueError(
+            f"BatchNorm in training mode got an empty batch (input shape {tuple(input_shape)}): the statistics of no "
+            "values are NaN and would make its running averages NaN for good. Pass at least one image per batch "
+            "(drop empty batches, such as an empty last one)"
+        )

@@ -13,7 +13,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet.backends.jax.models import ResNet
-from resnet.contract import MODEL_HOOKS, declared, hook
+from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.init import initial_weights
 from resnet.layouts import array_to_native, array_to_nchw, weight_to_canonical, weight_to_native
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
@@ -120,6 +120,15 @@ def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         shapes = jax.eval_shape(model.clone(training=False).init, jax.random.PRNGKey(0), x)
         set_variables(model, jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
         set_arrays(model, initial_weights(model.spec, input_shape))
+
+
+@hook
+def input_channels(model: nn.Module) -> int | None:
+    """From the shape of the array in the registry's variables: HWIO kernels."""
+    if not is_built(model):
+        return None
+    key = next(iter(_native_items(model).values()))
+    return first_layer_channels(model.spec, traverse_util.flatten_dict(variables(model))[key].shape, LAYOUT)
 
 
 @hook

@@ -15,9 +15,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from resnet import specs
+from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
-__all__ = ["CpuConvGeneralDilated", "Shortcut", "block_diagonal_kernel", "make_layer", "synchronised_batch_norm"]
+__all__ = [
+    "BatchNorm", "CpuConvGeneralDilated", "Shortcut", "block_diagonal_kernel", "make_layer", "synchronised_batch_norm",
+]
 
 _BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
 
@@ -33,6 +36,19 @@ def synchronised_batch_norm(axis_name: str | None) -> Iterator[None]:
         yield
     finally:
         _BATCH_NORM_AXIS.reset(token)
+
+
+class BatchNorm(nn.BatchNorm):
+    """Flax's ``BatchNorm`` (the same fields, variables and numbers) that refuses an empty batch in training mode
+    with a ValueError: Flax would normalize it with NaN statistics and write them into ``batch_stats``. Under
+    ``jax.jit`` the batch size is static, so the check runs once, while tracing."""
+
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
+    ) -> jax.Array:
+        if not nn.merge_param("use_running_average", self.use_running_average, use_running_average):
+            check_batch_norm_batch(x.shape)
+        return super().__call__(x, use_running_average, mask=mask)
 
 
 class CpuConvGeneralDilated:
@@ -140,7 +156,7 @@ def make_layer(layer: LayerSpec, training: bool = True) -> nn.Module:
     if isinstance(layer, BatchNormSpec):
         # Flax averages the biased batch variance, as specs asks; its momentum weighs the old value.
         # use_fast_variance=False: E[(x - mean)^2], not E[x^2] - mean^2, which loses digits in float32.
-        return nn.BatchNorm(
+        return BatchNorm(
             use_running_average=not training,
             momentum=1 - specs.BN_MOMENTUM,
             epsilon=specs.BN_EPSILON,

@@ -10,7 +10,7 @@ from mxnet.util import is_np_array
 
 from resnet.backends.mxnet.layers import as_kind, semantics_of
 from resnet.backends.mxnet.models import ResNet
-from resnet.contract import MODEL_HOOKS, declared, hook
+from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import is_statistic, native_tensors
@@ -107,6 +107,15 @@ def build(model: nn.HybridBlock, input_shape: tuple[int, ...]) -> None:
     if not is_built(model):
         initialize(model)
         apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
+
+
+@hook
+def input_channels(model: nn.HybridBlock) -> int | None:
+    """From the parameter's shape: OIHW kernels, as the canonical layout (Gluon's 0 for a size still to be
+    inferred cannot occur: the model is built)."""
+    if not is_built(model):
+        return None
+    return first_layer_channels(model.spec, next(iter(_native_items(model).values())).shape, LAYOUT)
 
 
 @hook

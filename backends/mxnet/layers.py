@@ -9,15 +9,18 @@ import contextlib
 import contextvars
 from typing import Any, Callable, Iterator
 
+import mxnet as mx
 import numpy as np
+from mxnet import autograd
 from mxnet.gluon import contrib, nn
 from mxnet.util import is_np_array, np_array, np_shape
 
 from resnet import specs
+from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
-    "BothSemantics", "ChunkedConv2D", "Shortcut", "SyncBatchNorm", "as_kind", "check_names", "make_layer",
+    "BatchNorm", "BothSemantics", "ChunkedConv2D", "Shortcut", "SyncBatchNorm", "as_kind", "check_names", "make_layer",
     "named_layers", "named_sequential", "numpy_semantics", "semantics_of", "synchronised_batch_norm",
 ]
 
@@ -82,9 +85,27 @@ def semantics_of(block: nn.Block) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if numpy is None or numpy == is_np_array() else numpy_semantics(numpy)
 
 
-# No BatchNorm subclass here (torch needs one): Gluon's BatchNorm already averages the *biased* batch
-# variance and infers its channel count at the first call. It updates the running averages in the
-# *backward* pass, though, which ``hooks.apply`` has to allow for.
+# Gluon's BatchNorm already averages the *biased* batch variance and infers its channel count at the first call
+# (torch needs a subclass for that); it updates the running averages in the *backward* pass, though, which
+# ``hooks.apply`` has to allow for. The subclasses below only refuse an empty batch in training mode.
+
+
+def _check_training_batch(x: Any) -> None:
+    """``check_batch_norm_batch`` for an array in training mode (autograd's train mode, as Gluon's BatchNorm reads
+    it); a Symbol, inside a hybridized parent, has no shape to check."""
+    if autograd.is_training() and isinstance(x, mx.nd.NDArray):  # mxnet.numpy arrays too
+        check_batch_norm_batch(x.shape)
+
+
+class BatchNorm(nn.BatchNorm):
+    """Gluon's ``nn.BatchNorm`` (the same parameters, names and numbers) with the empty-batch check of the other
+    backends' BatchNorm in training mode, where MXNet stops with an error of its own (oneDNN's "could not
+    construct a memory descriptor")."""
+
+    def forward(self, x: Any, *args: Any) -> Any:
+        _check_training_batch(x)
+        return super().forward(x, *args)
+
 
 #: While set (``synchronised_batch_norm``), make_layer makes Gluon's SyncBatchNorm over this many devices.
 _SYNC_DEVICES: contextvars.ContextVar[int | None] = contextvars.ContextVar("sync_devices", default=None)
@@ -105,7 +126,12 @@ class SyncBatchNorm(contrib.nn.SyncBatchNorm):
     """Gluon's synchronised BatchNorm (the statistics of all ``num_devices`` replicas' rows together, the biased
     variance as ``nn.BatchNorm``'s; running averages also updated in the backward pass) in either numpy
     semantics: its operator is a legacy one, so under ``npx.set_np()`` its arrays cross as legacy ones, sharing
-    memory. MXNet 1.9.1 computes it in float32 only (``real_t`` throughout its kernel)."""
+    memory. MXNet 1.9.1 computes it in float32 only (``real_t`` throughout its kernel). An empty batch in
+    training mode is refused as by ``BatchNorm``."""
+
+    def forward(self, x: Any, *args: Any) -> Any:
+        _check_training_batch(x)
+        return super().forward(x, *args)
 
     def hybrid_forward(self, F: Any, x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any) -> Any:
         numpy = is_np_array()
@@ -214,7 +240,7 @@ def make_layer(layer: LayerSpec, prefix: str | None = None) -> nn.HybridBlock:
         # Gluon's momentum is the weight of the old running value: the complement of ours.
         options = dict(momentum=1 - specs.BN_MOMENTUM, epsilon=specs.BN_EPSILON, prefix=prefix)
         devices = _SYNC_DEVICES.get()
-        return nn.BatchNorm(**options) if devices is None else SyncBatchNorm(num_devices=devices, **options)
+        return BatchNorm(**options) if devices is None else SyncBatchNorm(num_devices=devices, **options)
     if isinstance(layer, DenseSpec):
         return nn.Dense(layer.out_features, prefix=prefix)
     raise TypeError(f"unknown layer description {layer!r}")

@@ -12,7 +12,7 @@ import keras  # isort: skip
 
 from resnet.backends.tensorflow.layers import Sequential
 from resnet.backends.tensorflow.models import ResNet
-from resnet.contract import MODEL_HOOKS, declared, hook
+from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw, shape_to_native, weight_to_canonical, weight_to_native
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import native_layers, native_tensors
@@ -89,6 +89,14 @@ def build(model: keras.layers.Layer, input_shape: tuple[int, ...]) -> None:
     nothing runs."""
     if not is_built(model):
         model.build(shape_to_native(tuple(input_shape), LAYOUT))
+
+
+@hook
+def input_channels(model: keras.layers.Layer) -> int | None:
+    """From the variable's shape: HWIO kernels."""
+    if not is_built(model):
+        return None
+    return first_layer_channels(model.spec, next(iter(_native_items(model).values())).shape, LAYOUT)
 
 
 @hook

@@ -12,6 +12,7 @@ import tensorflow as tf  # before keras: where TensorFlow is missing or broken, 
 import keras  # Keras 3, the same as tf.keras; imported after TensorFlow on purpose (isort: skip)
 
 from resnet import specs
+from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
 if keras.backend.backend() != "tensorflow":
@@ -59,6 +60,9 @@ class Conv2d(keras.layers.Layer):
     the symmetric padding is TensorFlow's 'SAME'; otherwise the input is padded with ``tf.pad`` and convolved
     VALID (given explicit paddings instead, the CPU kernel has no gradient for grouped convolutions).
     Initialised as Keras' ``Conv2D``: Glorot-uniform kernel, zero bias.
+
+    An input whose channels differ from those it was built for is a ValueError (``check_input``): ``tf.nn.conv2d``
+    would read any multiple of the kernel's input channels as that many groups and compute numbers from it.
     """
 
     def __init__(self, spec: ConvSpec, **kwargs: Any) -> None:
@@ -68,6 +72,14 @@ class Conv2d(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         c = self.spec
+        channels = input_shape[-1]
+        if channels is None or channels % c.groups or c.in_channels not in (None, channels):
+            needed = f"{c.in_channels}" if c.in_channels is not None else f"a known multiple of {c.groups}"
+            raise ValueError(
+                f"a convolution in {c.groups} group{'s' if c.groups > 1 else ''} needs {needed} input channels, but "
+                f"is being built for the input shape {tuple(input_shape)}; build it for a channels-last shape with "
+                "such channels"
+            )
         self.kernel = self.add_weight(
             name="kernel", shape=(c.kernel, c.kernel, input_shape[-1] // c.groups, c.out_channels),
             initializer="glorot_uniform",
@@ -84,7 +96,20 @@ class Conv2d(keras.layers.Layer):
         config = dict(config)
         return cls(ConvSpec(**config.pop("spec")), **config)
 
+    def check_input(self, input_shape: tuple[int | None, ...]) -> None:
+        """ValueError for an input whose channels (when known: not while tracing with them unknown) are not those
+        the layer was built for."""
+        channels, built = input_shape[-1], self.kernel.shape[2] * self.spec.groups
+        if channels is not None and channels != built:
+            raise ValueError(
+                f"the convolution {self.path or self.name} was built for {built} input channel"
+                f"{'s' if built > 1 else ''}, but its input has {channels} (shape {tuple(input_shape)}); a model's "
+                f"weights fit the channels of the first batch it saw. Feed it {built}-channel images, or build a new "
+                f"model for {channels} channels"
+            )
+
     def call(self, x: tf.Tensor) -> tf.Tensor:
+        self.check_input(x.shape)
         c = self.spec
         if c.stride == 1 and 2 * c.padding == c.kernel - 1:
             # At stride 1, 'SAME' is exactly this symmetric padding, and its backward pass skips tf.pad's.
@@ -147,9 +172,11 @@ class BatchNorm(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs: tf.Tensor, training: bool | None = None, mask: Any = None) -> tf.Tensor:
+        in_training = bool(training) and self.trainable
+        if in_training:
+            check_batch_norm_batch(inputs.shape)  # Keras would write NaN into the running averages
         if not self._fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        in_training = bool(training) and self.trainable
         empty = tf.constant([], tf.float32)
         # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to at least 1.001e-5 (cuDNN's
         # floor) and would change the numbers at this package's 1e-5.

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from resnet.backends.torch.models import ResNet
-from resnet.contract import MODEL_HOOKS, declared, hook
+from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
 from resnet.walk import is_statistic, native_tensors
@@ -73,6 +73,14 @@ def build(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """One inference-mode pass over zeros gives the lazy layers their input sizes."""
     if not is_built(model):
         apply(model, to_native(np.zeros(input_shape), dtype_of(model)), training=False)
+
+
+@hook
+def input_channels(model: nn.Module) -> int | None:
+    """From the parameter's shape: OIHW kernels, as the canonical layout."""
+    if not is_built(model):
+        return None
+    return first_layer_channels(model.spec, next(iter(_native_items(model).values())).shape, LAYOUT)
 
 
 @hook

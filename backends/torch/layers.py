@@ -15,6 +15,7 @@ from torch.nn.modules._functions import SyncBatchNorm as _SyncBatchNormFunction 
 from torch.nn.modules.batchnorm import _BatchNorm  # what BatchNorm2d and LazyBatchNorm2d share
 
 from resnet import specs
+from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
@@ -27,6 +28,7 @@ def _batch_norm(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """The forward pass of ``BatchNorm2d`` below, for it and for ``LazyBatchNorm2d``'s first call."""
     if not layer.training:
         return nn.BatchNorm2d.forward(layer, x)
+    check_batch_norm_batch(x.shape)  # the same message in every backend (PyTorch's own: "at least one element")
     # native_batch_norm also returns the batch mean and 1/sqrt(var + eps): the biased variance for free. It
     # normalizes one example too (PyTorch's F.batch_norm refuses a single value per channel; here that gives
     # the shift, as in Keras, Flax and MXNet).
@@ -114,6 +116,7 @@ class SyncBatchNorm2d(BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return _batch_norm(self, x)
+        check_batch_norm_batch(x.shape)
         synchronised = _torch_sync_batch_norm if x.is_cuda and torch.is_grad_enabled() else _summed_batch_norm
         y, mean, invstd = synchronised(self, x)
         _record_statistics(self, mean.detach(), invstd.detach())
