@@ -19,6 +19,7 @@ numbers from a misfit batch or writing NaN into BatchNorm's running averages.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from types import ModuleType
@@ -61,8 +62,19 @@ def check_input_shape(input_shape: Sequence[int], layout: str = "NCHW") -> Shape
             f"got {input_shape!r}"
         )
     shape = tuple(int(d) for d in shape)
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        raise ValueError(
+            f"input_shape {shape} is {math.prod(shape):,} values, {math.prod(shape) * 4 / 2**30:.0f} GiB in float32 "
+            f"before the first layer multiplies it; at most {MAX_INPUT_VALUES:,} are accepted. Use a smaller batch "
+            "or image size (the book's is (1, 1, 96, 96))"
+        )
     check_layout(shape, layout)
     return shape
+
+
+#: The most values an input shape may have: 2**31 (8 GiB in float32), beyond which every framework's allocator
+#: fails with its own message, or the machine swaps.
+MAX_INPUT_VALUES = 2**31
 
 
 #: Channel counts that make the other layout's reading of a shape look likely: grey and RGB images.

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from resnet.faults import fault_point
+
 __all__ = ["atomic_path", "current_umask"]
 
 
@@ -52,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp creates it 0600 whatever the umask
+        fault_point(f"write:{target.name}")  # tests kill the process here: the old file must survive
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

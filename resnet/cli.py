@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +21,8 @@ from resnet import selection
 from resnet.contract import check_mixed_precision
 from resnet.data import DATASETS
 from resnet.models import MODELS, build_model, model_entry
+from resnet.rundir import CHECKPOINT, check_out_dir, new_run_directory, point_latest, prepare_new_run
+from resnet.runlock import RunInUseError, RunLock
 from resnet.specs import DTYPES
 
 __all__ = ["main"]
@@ -72,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and shuffling (default 0)")
     train.add_argument("--init", metavar="FILE", help="start from this neutral weights file")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    train.add_argument("--out", default="runs/latest", metavar="DIR",
-                       help="run directory for metrics.csv, curves.png, last.safetensors (default runs/latest)")
+    train.add_argument("--out", metavar="DIR",
+                       help="run directory for last.safetensors, metrics.csv, curves.png and run.json (default: a "
+                            "new runs/MODEL-BACKEND-TIME, with runs/latest linked to it; with --resume, runs/latest)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     train.add_argument("--dtype", default="float32", choices=DTYPES,
                        help="precision of the weights and computation (default float32; float64 follows the NumPy "
                             "reference step for step, several times slower)")
@@ -144,25 +150,75 @@ def _family(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where runs go without --out, and the link to the newest of them.
+RUNS, LATEST = Path("runs"), Path("runs") / "latest"
+
+
+def _run_directory(args: argparse.Namespace, backend: str, writes: bool = True) -> Path:
+    """The run directory: --out, else runs/latest to resume, else a new runs/MODEL-BACKEND-TIME; checked
+    (writable, not a file, holding a run only with --resume or --overwrite) without creating anything.
+    A process that does not write (``writes`` False: not process 0) only needs it to resume."""
+    if args.out is None:
+        # runs/latest resolved: the run it links to is the one resumed, and the link stays as it is
+        out = Path(os.path.relpath(os.path.realpath(LATEST))) if args.resume else new_run_directory(
+            RUNS, args.model.lower(), backend)
+    else:
+        out = check_out_dir(args.out)
+    if writes:
+        RunLock.check_free(out)
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
+        if not (out / CHECKPOINT).is_file():
+            raise ValueError(f"--resume: there is no run to resume in {out} (no {CHECKPOINT}); drop --resume")
+    elif writes and not args.overwrite:
+        prepare_new_run(out, overwrite=False)
+    return check_out_dir(out) if writes else out
+
+
+def _check_init(path: str | None) -> None:
+    """--init: a readable neutral weights file with finite values (its fit to the model is checked on load)."""
+    if path is not None:
+        from resnet.weights import check_finite, read_weights
+
+        check_finite(read_weights(path)[0], repr(path))
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that continues an interrupted run: the same arguments, with --resume and --out."""
+    argv, skip = [], False
+    for word in args.argv:
+        if skip:
+            skip = False
+            continue
+        if word in ("--out", "--overwrite", "--resume") or word.startswith("--out="):
+            skip = word == "--out"
+            continue
+        argv.append(word)
+    return shlex.join(["resnet", *argv, "--resume", "--out", str(out)])
+
+
 def _train(args: argparse.Namespace) -> int:
     from resnet.data import load_dataset
+    from resnet.interrupts import TrainingInterrupted
     from resnet.parallel import check_global_batch, plan_from_environment
     from resnet.training import TrainConfig, fit
 
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.resize, args.seed)  # validates first
     model_entry(args.model)
-    out = Path(args.out)
-    if args.resume and not (out / "last.safetensors").is_file():
-        raise ValueError(f"--resume: there is no run to resume in {out} (no last.safetensors); drop --resume")
-    _check_writable(out)
     name = selection.backend()
     plan = plan_from_environment(name, args.devices, args.sync_bn, args.coordinator, args.num_processes,
                                  args.process_id)
+    out = _run_directory(args, name, writes=plan.is_main)  # process 0 writes the run
+    _check_init(args.init)
     check_global_batch(config.batch_size, plan)
     backend = selection.backend_module()
     check_mixed_precision(backend.NAME, args.dtype, args.mixed_precision)  # before the data set is loaded
-    workers = backend.launch(plan, main, (args.argv,))  # PyTorch: one worker process per device, each running this
+    # PyTorch: one worker process per device, each running this with the run directory chosen here.
+    workers = backend.launch(plan, main, ([*args.argv, "--out", str(out)] if args.out is None else args.argv,))
     if workers is not None:
+        if args.out is None and not args.resume and out.is_dir():
+            point_latest(LATEST, out)
         return max(workers.values(), default=0)
     plan = backend.init_distributed(plan)  # before any model is built
     say = print if plan.is_main else (lambda *text: None)
@@ -170,31 +226,28 @@ def _train(args: argparse.Namespace) -> int:
     # The model keeps the learning rate, as the chapter's ResNet18(lr=0.01); the config says the same.
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype, config.lr)
     say(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
-    history = fit(model, dataset, config, out, init=args.init, resume=args.resume, progress=not args.no_progress,
-                  model_name=args.model, compile=args.compile, mixed_precision=args.mixed_precision,
-                  accelerator=not args.cpu, plan=plan)
+    try:
+        history = fit(model, dataset, config, out, init=args.init, resume=args.resume,
+                      progress=not args.no_progress, model_name=args.model, compile=args.compile,
+                      mixed_precision=args.mixed_precision, accelerator=not args.cpu, plan=plan,
+                      overwrite=args.overwrite, latest_link=LATEST if args.out is None and not args.resume else None)
+    except TrainingInterrupted as stopped:
+        print(f"resnet: {stopped.describe()}", file=sys.stderr)
+        if stopped.kept_epoch or args.resume:
+            print(f"resume with: {_resume_command(args, out)}", file=sys.stderr)
+        return stopped.exit_status
     if not plan.is_main:
         return 0
     print(f"run directory: {out} (metrics.csv, curves.png, last.safetensors)")
+    if not history.step_losses:
+        print(f"nothing to do: all {config.epochs} epochs were already complete")
     final = history.rows[-1] if history.rows else None
     if final is None:
-        print(f"nothing to do: all {config.epochs} epochs were already complete")
         return 0
     warning = " -- OFFLINE digits set, not Fashion-MNIST" if dataset.name == "digits" else ""
     print(f"final validation accuracy: {final['val_acc']:.4f} ({dataset.name}, epoch {final['epoch']}, "
           f"{backend.NAME}){warning}")
     return 0
-
-
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise OSError(f"the output directory {str(directory)!r} is not writable ({error.strerror}); "
-                      "choose another with --out") from error
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -209,10 +262,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv  # for the worker processes a data-parallel run starts
     try:
-        chosen = getattr(args, "train_backend", None) or args.backend
+        chosen = _chosen_backend(args.backend, getattr(args, "train_backend", None))
         if chosen:
             selection.choose_backend(chosen, "--backend")  # errors then say it was chosen by --backend
         return {"summary": _summary, "train": _train, "bench": _bench, "family": _family}[args.command](args)
-    except (ValueError, ImportError, OSError) as error:
+    except (ValueError, ImportError, OSError, RunInUseError, FloatingPointError) as error:
         print(f"resnet: error: {error}", file=sys.stderr)
         return 2
+
+
+def _chosen_backend(before: str | None, after: str | None) -> str | None:
+    """The --backend given before or after ``train`` (once, or the same twice); ValueError for an empty or
+    contradicting choice."""
+    for value in (before, after):
+        if value is not None and not value.strip():
+            raise ValueError("--backend is empty: give torch, tensorflow, jax or mxnet (or leave --backend out)")
+    if before and after and selection.canonical_backend_name(before) != selection.canonical_backend_name(after):
+        raise ValueError(f"--backend {before} and train --backend {after} contradict each other: give one")
+    return after or before

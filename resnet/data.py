@@ -13,11 +13,11 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from resnet.download import Attempt, DownloadError, download, verified
+from resnet.download import Attempt, DownloadError, corruption, download, remove_stale_temporaries, verified
 from resnet.idx import read_idx
 
 __all__ = [
@@ -88,22 +88,30 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missi
 
     When a file cannot be had, DownloadError says why in one line per file (each URL tried and its error),
     naming the four files and the directory to put them in. A host that did not answer at all is not asked
-    again for the other files (offline, that would only multiply the wait by four).
+    again for the other files (offline, that would only multiply the wait by four). A cached file with the
+    wrong MD5 (corrupt, cut short) is never read: it is replaced by a verified download, atomically, or else
+    named in the error (its MD5 against the published one, its size) and left as it was; its path is in the
+    error's ``corrupt``. Only verified files reach the gzip and IDX parsing.
     """
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     directory = directory / "fashion-mnist"
     urls = ([os.environ["RESNET_FASHION_MNIST_URL"]] if os.environ.get("RESNET_FASHION_MNIST_URL") else [])
     urls += FASHION_MNIST_URLS
-    paths, problems = _fetch_files(directory, urls, download_missing)
+    paths, problems, corrupt = _fetch_files(directory, urls, download_missing)
     if problems:
-        raise DownloadError(f"could not get Fashion-MNIST into {directory}:", [*problems, _advice(directory)])
+        raise DownloadError(
+            f"could not get Fashion-MNIST into {directory}:",
+            [*problems, _advice(directory, corrupt)],
+            corrupt=[str(directory / name) for name in corrupt],
+        )
     images = {split: read_idx(paths[f"{split}-images-idx3-ubyte.gz"], 3) for split in ("train", "t10k")}
     labels = {split: read_idx(paths[f"{split}-labels-idx1-ubyte.gz"], 1) for split in ("train", "t10k")}
     for split in ("train", "t10k"):
         if len(images[split]) != len(labels[split]):
             raise ValueError(
-                f"{directory}: {split} has {len(images[split])} images but {len(labels[split])} labels; "
-                "delete the files and download them again"
+                f"{paths[f'{split}-images-idx3-ubyte.gz']} has {len(images[split])} images but "
+                f"{paths[f'{split}-labels-idx1-ubyte.gz']} has {len(labels[split])} labels; delete both and "
+                "download them again"
             )
     return Dataset(
         "fashion-mnist",
@@ -115,44 +123,68 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missi
     )
 
 
-def _fetch_files(directory: Path, urls: list[str], download_missing: bool) -> tuple[dict[str, Path], list[str]]:
-    """The four files' paths, downloading what is missing; and one line per file that could not be had."""
+def _fetch_files(
+    directory: Path, urls: list[str], download_missing: bool
+) -> tuple[dict[str, Path], list[str], list[str]]:
+    """The four files' paths, downloading what is missing or corrupt; one line per file that could not be had;
+    and the names of the cached files that were corrupt and could not be replaced (left as they were)."""
     paths: dict[str, Path] = {}
     problems: list[str] = []
+    corrupt: list[str] = []
     silent: dict[str, Attempt] = {}  # base URL -> its first failure with no answer at all
+    remove_stale_temporaries(directory, list(FASHION_MNIST_FILES))  # what killed downloads left behind
     for name, md5 in FASHION_MNIST_FILES.items():
         if verified(directory / name, md5):
             paths[name] = directory / name
             continue
+        found = corruption(directory / name, md5)  # a corrupt or cut-short cached file: never read
         if not download_missing:
-            problems.append(f"{name}: not in {directory} (or corrupt), and downloading was not allowed")
-            continue
-        asked = [base for base in urls if base not in silent]
-        try:
-            paths[name] = download(name, md5, directory, asked)
-        except DownloadError as error:
-            tried = {attempt.base: attempt.line() for attempt in error.attempts}
-            failures = [
-                tried[base] if base in tried else
-                f"{base.rstrip('/')}/{name} not tried (no answer for {Path(silent[base].url).name}: "
-                f"{silent[base].error})"
-                for base in urls if base in tried or base in silent
-            ]
-            problems.append(f"{name}: " + "; ".join(failures or ["no location to download it from"]))
-            for attempt in error.attempts:
-                if attempt.unreachable:
-                    silent.setdefault(attempt.base, attempt)
-    return paths, problems
+            reason = "downloading was not allowed" if found else f"not in {directory}, and downloading was not allowed"
+        else:
+            asked = [base for base in urls if base not in silent]
+            try:
+                paths[name] = download(name, md5, directory, asked)  # replaces a corrupt file atomically
+                continue
+            except DownloadError as error:
+                tried = {attempt.base: attempt.line() for attempt in error.attempts}
+                failures = [
+                    tried[base] if base in tried else
+                    f"{base.rstrip('/')}/{name} not tried (no answer for {Path(silent[base].url).name}: "
+                    f"{silent[base].error})"
+                    for base in urls if base in tried or base in silent
+                ]
+                reason = "; ".join(failures or ["no location to download it from"])
+                for attempt in error.attempts:
+                    if attempt.unreachable:
+                        silent.setdefault(attempt.base, attempt)
+        if found:
+            corrupt.append(name)
+            reason = f"the cached file is corrupt ({found}) and was not used; {reason}"
+        problems.append(f"{name}: {reason}")
+    return paths, problems, corrupt
 
 
-def _advice(directory: Path) -> str:
-    """What to do when Fashion-MNIST cannot be downloaded: the four files, the directory, the offline set."""
+def _advice(directory: Path, corrupt: Sequence[str] = ()) -> str:
+    """What to do when Fashion-MNIST cannot be had: replace the corrupt files, or put the four files into the
+    directory, or choose the offline set."""
     names = list(FASHION_MNIST_FILES)
-    return (
-        f"Put the four files {', '.join(names[:-1])} and {names[-1]} (from {FASHION_MNIST_HOME}) into "
-        f"{directory}, or choose another --data-dir (RESNET_DATA) whose fashion-mnist/ holds them; "
-        "or train on the offline set (--dataset digits)."
+    put = (
+        f"the four files {_and(names)} (from {FASHION_MNIST_HOME}) into {directory}, or choose another --data-dir "
+        "(RESNET_DATA) whose fashion-mnist/ holds them; or train on the offline set (--dataset digits)."
     )
+    if not corrupt:
+        return f"Put {put}"
+    one = len(corrupt) == 1
+    return (
+        f"Delete the corrupt {_and(list(corrupt))} from {directory} (a run with a network then downloads "
+        f"{'it' if one else 'them'} again) or copy the right {'file' if one else 'files'} over "
+        f"{'it' if one else 'them'}; or put {put}"
+    )
+
+
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def load_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -190,9 +222,14 @@ def load_dataset(name: str = "auto", data_dir: str | os.PathLike | None = None) 
         if key == "fashion-mnist":
             raise
         fallback = load_digits()
+        corrupt = getattr(error, "corrupt", ())
+        why = (
+            f"Fashion-MNIST's cached {_and([Path(path).name for path in corrupt])} "
+            f"{'is' if len(corrupt) == 1 else 'are'} corrupt (not used) and could not be downloaded again"
+            if corrupt else "Fashion-MNIST is neither cached nor downloadable here"
+        )
         note = (
-            "WARNING: Fashion-MNIST is neither cached nor downloadable here, so this run uses the OFFLINE set "
-            "(scikit-learn's 8x8 handwritten digits) instead."
+            f"WARNING: {why}, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten digits) instead."
         )
         details = getattr(error, "details", ()) or (str(error),)
         return Dataset(**{**fallback.__dict__, "note": note, "details": tuple(details)})

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from resnet.atomic import atomic_path
 
-__all__ = ["Attempt", "DownloadError", "download", "md5sum", "verified"]
+__all__ = ["Attempt", "DownloadError", "corruption", "download", "md5sum", "remove_stale_temporaries", "verified"]
 
 _CHUNK = 1 << 20
 
@@ -49,15 +50,42 @@ class DownloadError(OSError):
     """A file could not be fetched from any location, or arrived corrupt.
 
     ``str(error)`` is the whole readable message; ``headline`` its first line, ``details`` the lines after it
-    (one per URL or per file, then what to do), and ``attempts`` the URLs tried with their errors.
+    (one per URL or per file, then what to do), ``attempts`` the URLs tried with their errors, and ``corrupt``
+    the paths of the cached files that were there but corrupt (not used, and left as they were).
     """
 
-    def __init__(self, headline: str, details: Sequence[str] = (), attempts: Sequence[Attempt] = ()) -> None:
+    def __init__(
+        self,
+        headline: str,
+        details: Sequence[str] = (),
+        attempts: Sequence[Attempt] = (),
+        corrupt: Sequence[str] = (),
+    ) -> None:
         self.headline, self.details, self.attempts = headline, tuple(details), tuple(attempts)
+        self.corrupt = tuple(corrupt)
         super().__init__(headline + "".join(f"\n  {line}" for line in self.details))
 
     def __reduce__(self):  # keep the parts when pickled (a worker process, pytest-xdist)
-        return type(self), (self.headline, self.details, self.attempts)
+        return type(self), (self.headline, self.details, self.attempts, self.corrupt)
+
+
+#: A download's temporary file untouched for this long (seconds) belongs to a killed download: a live one writes
+#: a chunk at least every read timeout (60 s), so ten minutes leaves a wide margin and needs no lock.
+STALE_AFTER = 600.0
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, names: Sequence[str]) -> list[str]:
+    """Remove the temporary files that killed downloads of ``names`` left in ``directory``; returns them."""
+    removed = []
+    for name in names:
+        for temporary in Path(directory).glob(f".{name}.*.tmp"):
+            try:
+                if time.time() - temporary.stat().st_mtime > STALE_AFTER:
+                    temporary.unlink()
+                    removed.append(temporary.name)
+            except FileNotFoundError:  # another process took it first
+                pass
+    return removed
 
 
 def md5sum(path: str | os.PathLike) -> str:
@@ -72,6 +100,19 @@ def md5sum(path: str | os.PathLike) -> str:
 def verified(path: str | os.PathLike, md5: str) -> bool:
     """Whether ``path`` is a file with MD5 ``md5``."""
     return Path(path).is_file() and md5sum(path) == md5
+
+
+def corruption(path: str | os.PathLike, md5: str) -> str | None:
+    """How the file at ``path`` differs from the published one: ``"MD5 <its>, published <md5>; <size> bytes"``
+    (``"empty: 0 bytes"`` for an empty file); None when there is no file there or it has MD5 ``md5``."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    size = file.stat().st_size
+    if size == 0:
+        return "empty: 0 bytes"
+    actual = md5sum(file)
+    return None if actual == md5 else f"MD5 {actual}, published {md5}; {size} bytes"
 
 
 class _BadFile(ValueError):
@@ -117,11 +158,13 @@ def download(
     """Return ``directory/name``, downloading it from the first of ``base_urls`` that serves a file with the
     published MD5. An existing file is kept only if its checksum is right; nothing unverified is left behind.
 
-    Raises DownloadError, with one line per URL tried (URL and error) and what to do, when none serves it.
+    Raises DownloadError, with one line per URL tried (URL and error) and what to do, when none serves it; a
+    corrupt file already there is named first (its MD5 against the published one) and left as it was.
     """
     target = Path(directory) / name
     if verified(target, md5):
         return target
+    found = corruption(target, md5)
     attempts = []
     for base in base_urls:
         url = base.rstrip("/") + "/" + name
@@ -132,4 +175,9 @@ def download(
             attempts.append(Attempt(base, url, *_describe(error, timeout)))
     lines = [attempt.line() for attempt in attempts] or ["no location to download it from was given"]
     advice = f"Copy the file there by hand (published MD5 {md5}), or train on the offline set (--dataset digits)."
-    raise DownloadError(f"could not download {name} into {directory}:", [*lines, advice], attempts)
+    if found:
+        lines.insert(0, f"the file already there, {target}, is corrupt ({found}) and was not used")
+        advice = (f"Delete {target} or copy the right file over it (published MD5 {md5}), or train on the offline "
+                  "set (--dataset digits).")
+    corrupt = (str(target),) if found else ()
+    raise DownloadError(f"could not download {name} into {directory}:", [*lines, advice], attempts, corrupt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,15 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.nd
     """
     file = Path(path)
     try:
-        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise IDXError(f"{file}: cannot be read as {'gzip' if file.suffix == '.gz' else 'IDX'} ({error})") from error
+        content = file.read_bytes()
+    except OSError as error:
+        raise IDXError(f"{file}: cannot be read ({error.strerror or error})") from error
+    try:
+        raw = gzip.decompress(content) if file.suffix == ".gz" else content
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # cut short; not gzip or a bad CRC; damaged data
+        raise IDXError(
+            f"{file}: cannot be read as gzip ({error}); the file is corrupt: delete it and download it again"
+        ) from error
     if len(raw) < 4:
         raise IDXError(f"{file}: too short ({len(raw)} bytes) to hold an IDX header")
     zero1, zero2, type_code, ndim = raw[:4]

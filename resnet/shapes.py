@@ -32,6 +32,7 @@ __all__ = [
     "macs",
     "model_part_shapes",
     "num_trainable",
+    "smallest_input_size",
     "tensor_infos",
 ]
 
@@ -79,6 +80,20 @@ def model_part_shapes(model: ModelSpec, input_shape: Shape) -> list[tuple[str, S
         parts.append((stage_name, shape))
     parts.append(("last", (input_shape[0], model.head.num_classes)))
     return parts
+
+
+def smallest_input_size(spec: BlockSpec | ModelSpec, in_channels: int, largest: int = 512) -> int:
+    """The smallest square input size whose every feature map keeps at least one pixel (1 for the
+    chapter's padded ResNets; more for a spec with unpadded windows)."""
+    for size in range(1, largest + 1):
+        try:
+            shape = (1, in_channels, size, size)
+            model_part_shapes(spec, shape) if isinstance(spec, ModelSpec) else block_output_shape(spec, shape)
+            return size
+        except ValueError as error:
+            if "too small" not in str(error):
+                raise
+    raise ValueError(f"no input up to {largest}x{largest} fits this model")
 
 
 class TensorInfo(NamedTuple):

@@ -4,15 +4,12 @@ The loop, the metrics, the checkpoints and the plot are framework-free; the back
 ``make_train_step`` (jit in JAX, tf.function in TensorFlow, a hybridized block in MXNet, eager or
 torch.compile in PyTorch) and ``make_predict``. The loop never makes the framework wait: the next batch is
 resized in a background thread while a step runs, and each step's loss is read only after the next step
-has been queued. The model trains on the GPU when its framework sees one (``backend.to_accelerator``). A run
-directory holds:
+has been queued. The model trains on the GPU when its framework sees one (``backend.to_accelerator``).
 
-* ``metrics.csv``: one row per epoch (epoch, train_loss, val_loss, val_acc, images_per_s, dataset);
-* ``curves.png``: training loss, validation loss and validation accuracy per epoch, as the book plots them;
-* ``last.safetensors``: the neutral weights after the last complete epoch, with the run's settings in its
-  header, from which ``resume=True`` continues with the same result as an uninterrupted run;
-* ``run.json``: the settings (typed: numbers, booleans, strings), the learning rate used, the device, and the
-  dataset actually used (with a warning, and one line per file saying why, when it is the offline set).
+The run directory (``resnet.rundir``: last.safetensors, metrics.csv, curves.png, run.json) is one
+consistent state per epoch, locked for the run (``resnet.runlock``); Ctrl-C or SIGTERM stops at the next
+step boundary (``resnet.interrupts``), and a loss that stops being finite ends the run with the last good
+checkpoint kept.
 
 The learning rate is the book's: ``TrainConfig(lr=None)`` (the default) trains with the model's own
 ``model.lr`` (``ResNet18(lr=0.01)`` in the chapter's recipe); a number there overrides it.
@@ -20,34 +17,35 @@ The learning rate is the book's: ``TrainConfig(lr=None)`` (the default) trains w
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import json
+import math
 import os
+import shlex
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from resnet.api import backend_of
-from resnet.atomic import atomic_path
 from resnet.contract import learning_rate_of
 from resnet.data import Batches, Dataset, prefetch
+from resnet.faults import fault_point
 from resnet.init import initial_weights
+from resnet.interrupts import StopRequest, TrainingInterrupted, stop_requests
 from resnet.parallel import Plan, check_global_batch
 from resnet.reference import softmax_cross_entropy
+from resnet.rundir import (CHECKPOINT, METRICS, check_out_dir, commit_epoch, plot_curves, point_latest,
+                           prepare_new_run, remove_temporaries, resume_point, run_settings, write_metrics,
+                           write_run_info)
+from resnet.runlock import RunLock
 from resnet.specs import learning_rate
-from resnet.weights import check_arrays, load_weights, read_weights, write_weights
+from resnet.weights import check_arrays, load_weights
 
-__all__ = ["CHECKPOINT", "METRICS", "History", "TrainConfig", "evaluate", "fit"]
-
-CHECKPOINT = "last.safetensors"
-METRICS = "metrics.csv"
-CURVES = "curves.png"
-RUN_INFO = "run.json"
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "dataset")
+__all__ = ["CHECKPOINT", "METRICS", "History", "TrainConfig", "TrainingDiverged", "evaluate", "fit"]
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,37 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name, example in (("epochs", "the book's 10"), ("batch_size", "the book's 128")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer ({example}), got {value!r}")
         if self.lr is not None:
             learning_rate(self.lr)  # a positive, finite number, or ValueError saying so
-        if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 1):
-            raise ValueError(f"resize must be a positive integer (pixels) or None, got {self.resize!r}")
+        if self.resize is not None and (
+            isinstance(self.resize, bool) or not isinstance(self.resize, int) or not 1 <= self.resize <= MAX_RESIZE
+        ):
+            raise ValueError(
+                f"resize must be an image size in pixels from 1 to {MAX_RESIZE} (the book's 96; ImageNet models "
+                f"take 224), or None for the images' own size; got {self.resize!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 (NumPy's seeds), got {self.seed!r}")
+
+
+#: The largest ``resize`` accepted: a batch of 128 one-channel images at this size is 2 GiB in float32
+#: before the first convolution multiplies it, so anything above is a typo rather than a plan.
+MAX_RESIZE = 2048
+
+
+def check_input_size(spec: Any, channels: int, size: int) -> None:
+    """ValueError when ``size`` x ``size`` images are too small for the model (a feature map would vanish),
+    naming the smallest size it takes."""
+    from resnet.shapes import smallest_input_size
+
+    smallest = smallest_input_size(spec, channels)
+    if size < smallest:
+        raise ValueError(f"{size}x{size} images are too small for this model: its layers need at least "
+                         f"{smallest}x{smallest}. Choose a larger --resize (resize=), e.g. the book's 96")
 
 
 @dataclass
@@ -103,105 +124,19 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], batches: Batches) -> t
     return total_loss / batches.num_examples, correct / batches.num_examples
 
 
-def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(path) as temporary:
-        temporary.write_text(text.getvalue())
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being finite (NaN or inf): the run stopped, its last good epoch kept."""
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    numeric = {"epoch": int, "train_loss": float, "val_loss": float, "val_acc": float, "images_per_s": float}
-    return [{k: numeric.get(k, str)(v) for k, v in row.items()} for row in rows]
+class _NonFiniteLoss(FloatingPointError):
+    def __init__(self, step: int, loss: float) -> None:
+        self.step, self.loss = step, loss
+        super().__init__(f"the training loss is {loss} at step {step}")
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """The book's figure: train loss, validation loss and validation accuracy against the epoch, as a PNG."""
-    # A bare Figure, not pyplot: writing the file must not change the plotting backend of a notebook.
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in rows]
-    figure = Figure(figsize=(5, 3.5))
-    axes = figure.subplots()
-    axes.plot(epochs, [row["train_loss"] for row in rows], "-", label="train_loss")
-    axes.plot(epochs, [row["val_loss"] for row in rows], "--", label="val_loss")
-    axes.plot(epochs, [row["val_acc"] for row in rows], "-.", label="val_acc")
-    axes.set_xlabel("epoch")
-    axes.set_xlim(0.5, max(epochs) + 0.5)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    if title:
-        axes.set_title(title, fontsize=9)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-
-
-#: Settings added after the first checkpoints were written, with the value those runs had: such a checkpoint
-#: resumes as long as the run keeps that value.
-IMPLIED_SETTINGS = {"dtype": "float32", "mixed_precision": "False"}
-
-
-def _settings(
-    config: TrainConfig,
-    lr: float,
-    dataset: Dataset,
-    model_name: str,
-    backend: str,
-    dtype: str,
-    mixed_precision: bool,
-) -> dict[str, Any]:
-    """The settings a resumed run must keep, typed (run.json stores them so; a checkpoint's header as text)."""
-    return {
-        **{k: v for k, v in asdict(config).items() if k != "epochs"},
-        "lr": lr,
-        "dataset": dataset.name,
-        "model": model_name,
-        "dtype": dtype,
-        "mixed_precision": bool(mixed_precision),
-        "backend": backend,
-    }
-
-
-def _same_setting(saved: str | None, value: Any) -> bool:
-    """Whether a checkpoint header's text ``saved`` is the setting ``value``: numbers compare as numbers
-    ("0.05" and 0.05, "1" and 1.0), booleans as booleans, so that headers of every version compare right."""
-    if saved is None:
-        return False
-    if isinstance(value, bool):
-        return saved.strip().lower() == str(value).lower()
-    if isinstance(value, (int, float)):
-        try:
-            return float(saved) == float(value)
-        except ValueError:
-            return False
-    return saved == str(value)
-
-
-def _resume_point(out_dir: Path, spec: Any, settings: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
-    """The checkpoint's weights and its last complete epoch, after checking it belongs to this run."""
-    arrays, header = read_weights(out_dir / CHECKPOINT)
-    if header.get("spec") != repr(spec):
-        raise ValueError(
-            f"{out_dir / CHECKPOINT} was saved from a different model ({header.get('model', '?')}); resume with the "
-            "same --model, or choose another --out directory"
-        )
-    saved = {**IMPLIED_SETTINGS, **header}
-    changed = [
-        f"{k}: {saved.get(k)} -> {v}"
-        for k, v in settings.items()
-        if k != "backend" and not _same_setting(saved.get(k), v)
-    ]
-    if changed:
-        raise ValueError(
-            f"{out_dir / CHECKPOINT} was trained with other settings ({'; '.join(changed)}); resume with the same "
-            "settings, or start a new run in another --out directory"
-        )
-    return arrays, int(header["epoch"])
+class _Stopped(Exception):
+    def __init__(self, step: int) -> None:
+        self.step = step
 
 
 def fit(
@@ -218,6 +153,8 @@ def fit(
     mixed_precision: bool = False,
     accelerator: bool = True,
     plan: Plan | None = None,
+    overwrite: bool = False,
+    latest_link: str | os.PathLike | None = None,
 ) -> History:
     """Train ``model`` on ``dataset`` with plain SGD, evaluating after every epoch; returns the history.
 
@@ -226,7 +163,9 @@ def fit(
         dataset: e.g. ``resnet.data.load_dataset("auto")``.
         config: epochs, batch size, learning rate, resize and seed (the book's recipe by default). Its ``lr``
             None means the model's own ``model.lr``; the learning rate used goes into the log and run.json.
-        out_dir: where metrics.csv, curves.png, last.safetensors and run.json go (None: keep nothing).
+        out_dir: where metrics.csv, curves.png, last.safetensors and run.json go (None: keep nothing). It is
+            locked for the run: a second run into it fails at once (``RunInUseError``). A directory that holds
+            a run is refused (``RunExistsError``) unless ``resume`` or ``overwrite``.
         init: a neutral weights file to start from; otherwise the seeded framework-neutral initialization,
             the same in every backend.
         resume: continue the run in ``out_dir`` from its last complete epoch.
@@ -240,6 +179,13 @@ def fit(
             first with ``backend.init_distributed(plan)``: every process calls ``fit`` alike, the global batch
             is ``config.batch_size``, and only process 0 logs, shows progress and writes ``out_dir``. The model
             ends with the trained weights in every process.
+        overwrite: replace the run that ``out_dir`` holds (its four files are removed first).
+        latest_link: a symbolic link pointed at ``out_dir`` once the run has started (the CLI's runs/latest).
+
+    Raises:
+        TrainingInterrupted: (a KeyboardInterrupt) on SIGINT or SIGTERM, at the next step boundary, with
+            ``out_dir`` holding the last complete epoch. Runs of several processes are not intercepted.
+        TrainingDiverged: when a step's loss is NaN or inf; ``out_dir`` keeps the last good epoch.
     """
     plan = plan or Plan()
     if plan.replicas > 1:
@@ -251,47 +197,74 @@ def fit(
     backend = backend_of(model)
     spec = model.spec
     lr = learning_rate_of(model, config.lr)  # the config's, else the model's own (the book's ResNet(arch, lr))
-    device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     channels = dataset.train_images.shape[1]
     size = config.resize or dataset.train_images.shape[2]
+    check_input_size(spec, channels, size)
+    out = check_out_dir(out_dir) if out_dir is not None else None
+    writes = out is not None and plan.is_main
+    if resume and (out is None or not (out / CHECKPOINT).is_file()):
+        raise FileNotFoundError(f"nothing to resume: no {CHECKPOINT} in {out}; start the run without --resume")
+    if writes and not resume and not overwrite:
+        prepare_new_run(out, overwrite=False)  # refused before any work is done, and again under the lock
+    device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     backend.build(model, (1, channels, size, size))
-    out = Path(out_dir) if out_dir is not None else None
-    settings = _settings(
-        config, lr, dataset, model_name or type(model).__name__, backend.NAME, backend.dtype_of(model), mixed_precision
-    )
+    settings = run_settings(config, lr, dataset.name, model_name or type(model).__name__, backend.NAME,
+                            backend.dtype_of(model), mixed_precision)
     history = History(dataset=dataset.name, note=dataset.note)
-    start = 1
-    if resume:
-        if out is None or not (out / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"nothing to resume: no {CHECKPOINT} in {out}; start the run without --resume")
-        arrays, done = _resume_point(out, spec, settings)
-        check_arrays(backend.get_arrays(model), arrays, str(out / CHECKPOINT))
-        backend.set_arrays(model, arrays)
-        history.rows = [row for row in _read_metrics(out / METRICS) if row["epoch"] <= done]
-        start = done + 1
-        log(f"resuming from {out / CHECKPOINT}: epoch {done} of {config.epochs} complete")
-    elif init is not None:
-        load_weights(model, init)
-    else:
-        backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
+    title = f"{settings['model']} on {dataset.name} ({backend.NAME})"
+    with contextlib.ExitStack() as held:
+        if not resume:  # the starting weights are checked before the run directory is made
+            if init is not None:
+                load_weights(model, init)
+            else:
+                backend.set_arrays(model, initial_weights(spec, (1, channels, size, size), config.seed))
+        if writes:
+            held.enter_context(RunLock(out, shlex.join(sys.argv), log))
+            if not resume:
+                prepare_new_run(out, overwrite)  # again, holding the lock
+            remove_temporaries(out)
+        start = 1
+        if resume:
+            arrays, done, history.rows = resume_point(out, spec, settings)
+            check_arrays(backend.get_arrays(model), arrays, str(out / CHECKPOINT))
+            backend.set_arrays(model, arrays)
+            start = done + 1
+            if writes:  # the views may be an epoch behind the checkpoint (a kill between them): catch them up
+                write_metrics(history.rows, out / METRICS)
+                if history.rows:
+                    plot_curves(history.rows, out / "curves.png", title)
+            log(f"resuming from {out / CHECKPOINT}: epoch {done} of {config.epochs} complete")
+        if writes and latest_link is not None and not point_latest(Path(latest_link), out):
+            log(f"{latest_link} is not a link made by resnet train; left as it is")
+        _train(model, backend, dataset, config, settings, plan, history, start, out if writes else None,
+               device, lr, title, progress, log, compile, mixed_precision)
+    return history
+
+
+def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, settings: dict[str, Any], plan: Plan,
+           history: History, start: int, out: Path | None, device: str, lr: float, title: str, progress: bool,
+           log: Callable[[str], None], compile: bool, mixed_precision: bool) -> None:
+    """The epochs from ``start``, each committed to ``out`` (None: nothing written) as one state."""
+    spec = model.spec
     parallel = {"replicas": plan.replicas, "processes": plan.processes, "sync_bn": plan.sync_bn}
     if plan.replicas > 1:
         backend.agree(plan, json.dumps({**settings, **parallel, "epochs": config.epochs, "start": start}))
         trained = backend.replicate(model, plan)
     else:
         trained = model
-    writes = out is not None and plan.is_main
-    if writes:
-        with atomic_path(out / RUN_INFO) as temporary:
-            info = {**settings, "epochs": config.epochs, "device": str(device), **parallel, "note": dataset.note,
-                    "note_details": list(dataset.details)}
-            temporary.write_text(json.dumps(info, indent=2) + "\n")
+    info = {**settings, "epochs": config.epochs, "device": str(device), **parallel, "note": dataset.note,
+            "note_details": list(dataset.details)}
+    if out is not None:
+        write_run_info(out, info, start - 1)
     if dataset.note:
         log(dataset.note)
         for line in dataset.details:
             log(f"  {line}")
     precision = " in mixed precision (bfloat16)" if mixed_precision else ""
     log(f"training on {device} with learning rate {lr:g}{precision}")
+    if mixed_precision and "cpu" in str(device).lower():
+        log(f"warning: mixed precision is meant for a GPU; on this CPU ({device}) bfloat16 can be many times "
+            "slower than float32. Drop --mixed-precision (mixed_precision=False) to train in float32")
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
@@ -306,38 +279,51 @@ def fit(
     else:
         train_step = backend.make_train_step(model, lr, compile=compile, mixed_precision=mixed_precision)
     predict = backend.make_predict(trained, mixed_precision=mixed_precision)
-    for epoch in range(start, config.epochs + 1):
-        losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress, plan.replicas)
-        history.step_losses += losses
-        val_loss, val_acc = evaluate(predict, val)
-        row = {
-            "epoch": epoch,
-            "train_loss": round(train_loss, 6),
-            "val_loss": round(val_loss, 6),
-            "val_acc": round(val_acc, 6),
-            "images_per_s": round(train.num_examples / seconds, 1),
-            "dataset": dataset.name,
-        }
-        history.rows.append(row)
-        log(
-            f"epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, val_loss {val_loss:.4f}, "
-            f"val_acc {val_acc:.4f}, {row['images_per_s']:.0f} images/s"
-        )
-        if writes:
-            header = {**{k: str(v) for k, v in settings.items()}, "epoch": str(epoch), "spec": repr(spec)}
-            write_weights(backend.get_arrays(trained), out / CHECKPOINT, header)  # safetensors headers hold text
-            _write_metrics(history.rows, out / METRICS)
-            plot_curves(history.rows, out / CURVES, f"{settings['model']} on {dataset.name} ({backend.NAME})")
+    # Several processes must stop at the same step, which a signal to each cannot promise: theirs stay default.
+    with stop_requests(enabled=plan.processes == 1) as stop:
+        for epoch in range(start, config.epochs + 1):
+            try:
+                if stop:
+                    raise _Stopped(0)
+                losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress,
+                                                           plan.replicas, stop)
+            except _Stopped as stopped:
+                raise TrainingInterrupted(stop.signum or 2, epoch, stopped.step, epoch - 1, out) from None
+            except _NonFiniteLoss as bad:
+                kept = f"{out / CHECKPOINT} keeps epoch {epoch - 1}" if out is not None and epoch > 1 else "nothing kept"
+                raise TrainingDiverged(
+                    f"the training loss is {bad.loss} at step {bad.step} of epoch {epoch} (learning rate {lr:g}): "
+                    f"training stopped ({kept}). Lower the learning rate (--lr), or check the --init weights"
+                ) from None
+            history.step_losses += losses
+            val_loss, val_acc = evaluate(predict, val)
+            row = {
+                "epoch": epoch,
+                "train_loss": round(train_loss, 6),
+                "val_loss": round(val_loss, 6),
+                "val_acc": round(val_acc, 6),
+                "images_per_s": round(train.num_examples / seconds, 1),
+                "dataset": dataset.name,
+            }
+            history.rows.append(row)
+            log(
+                f"epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, val_loss {val_loss:.4f}, "
+                f"val_acc {val_acc:.4f}, {row['images_per_s']:.0f} images/s"
+            )
+            if out is not None:  # safetensors headers hold text
+                header = {**{k: str(v) for k, v in settings.items()}, "epoch": str(epoch), "spec": repr(spec)}
+                commit_epoch(out, backend.get_arrays(trained), header, history.rows, info, title)
     if trained is not model:
         backend.set_arrays(model, backend.get_arrays(trained))
-    return history
 
 
 def _train_epoch(
-    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool, smallest: int = 1
+    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool, smallest: int = 1,
+    stop: StopRequest | None = None,
 ) -> tuple[list[float], float, float]:
     """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken). A batch of
-    fewer than ``smallest`` images (the replicas of a data-parallel step) is left out."""
+    fewer than ``smallest`` images (the replicas of a data-parallel step) is left out. Raises _Stopped at
+    the first step boundary after ``stop`` is set, and _NonFiniteLoss for a loss that is NaN or inf."""
     if progress:
         from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
     else:
@@ -350,6 +336,8 @@ def _train_epoch(
         def record(loss_of: Callable[[], float], size: int) -> None:
             nonlocal weighted, seen
             loss = float(loss_of())  # waits for that step
+            if not math.isfinite(loss):
+                raise _NonFiniteLoss(len(losses) + 1, loss)
             losses.append(loss)
             weighted, seen = weighted + loss * size, seen + size
             bar.update(size)
@@ -362,9 +350,12 @@ def _train_epoch(
             if len(labels) < smallest:
                 continue
             queued = train_step(x, labels, wait=False), len(labels)
+            fault_point("step")
             if in_flight is not None:
                 record(*in_flight)
             in_flight = queued
+            if stop:
+                raise _Stopped(len(losses) + 1)
         if in_flight is not None:
             record(*in_flight)
     return losses, weighted / max(seen, 1), time.perf_counter() - started

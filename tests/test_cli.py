@@ -159,7 +159,7 @@ def test_family_prints_the_table(capsys):
     [
         (("train", "--model", "resnet99"), "unknown model 'resnet99'. Known models:"),
         (("train", "--epochs", "0"), "epochs must be a positive integer"),
-        (("train", "--resize", "-3"), "resize must be a positive integer"),
+        (("train", "--resize", "-3"), "resize must be an image size in pixels from 1 to 2048"),
         (("train", "--lr", "0"), "lr must be a positive, finite number"),
         (("train", "--out", "/proc/no/such/dir", "--dataset", "digits"), "not writable"),
         (("train", "--resume", "--out", "empty"), "no run to resume in empty"),

@@ -6,7 +6,10 @@ import gzip
 import hashlib
 import http.server
 import os
+import pickle
 import threading
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -164,6 +167,100 @@ def test_auto_falls_back_to_digits_loudly(tmp_path, monkeypatch):
         load_dataset("cifar")
 
 
+def _offline(monkeypatch):
+    """No host answers (without touching the network): every URL fails as an unreachable one does."""
+    import urllib.error
+
+    from resnet import download as download_module
+
+    def no_answer(url, *args):
+        raise urllib.error.URLError(TimeoutError("timed out"))
+
+    monkeypatch.setattr(download_module, "_fetch", no_answer)
+    monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://a.invalid/"])
+    monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
+
+
+#: How a cached file can be corrupt: what is written over it.
+CORRUPTIONS = {
+    "wrong-bytes": lambda good: b"garbage",
+    "truncated": lambda good: good[: len(good) // 2],  # a .gz cut short: never reaches gzip (its MD5 is wrong)
+    "empty": lambda good: b"",
+}
+
+
+@pytest.fixture
+def corrupt_cache(tmp_path, monkeypatch, request):
+    """A data directory holding the four (small, fake) files, the second one corrupted as ``request.param``
+    says, with downloading impossible; returns (data dir, the corrupt file's name, its published MD5). Afterwards
+    it checks that nothing was parsed and the directory holds exactly what it held."""
+    directory = tmp_path / "fashion-mnist"
+    directory.mkdir()
+    files, _ = fake_fashion_files(directory)
+    monkeypatch.setattr(data, "FASHION_MNIST_FILES", {name: md5 for name, (_, md5) in files.items()})
+    name = FILES[1]
+    (directory / name).write_bytes(CORRUPTIONS[request.param](files[name][0]))
+    _offline(monkeypatch)
+    parsed = []
+    monkeypatch.setattr(data, "read_idx", lambda path, ndim: parsed.append(path))  # nothing may be parsed
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    yield tmp_path, name, files[name][1]
+    assert parsed == []
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # the cache is unchanged
+
+
+def _corrupt_line(directory, name, md5):
+    content = (directory / name).read_bytes()
+    found = (f"MD5 {hashlib.md5(content).hexdigest()}, published {md5}; {len(content)} bytes" if content
+             else "empty: 0 bytes")
+    return f"{name}: the cached file is corrupt ({found}) and was not used; "
+
+
+@pytest.mark.parametrize("corrupt_cache", CORRUPTIONS, indirect=True)
+def test_corrupt_cached_file_is_named_and_never_used(corrupt_cache):
+    """Offline, a corrupt cached file is named with its MD5 against the published one (or as empty), said not
+    to be used, and left as it was; the advice says to delete it or copy the right file over it."""
+    data_dir, name, md5 = corrupt_cache
+    directory = data_dir / "fashion-mnist"
+    line = _corrupt_line(directory, name, md5)
+    with pytest.raises(DownloadError) as caught:
+        load_fashion_mnist(data_dir)
+    (reason, advice) = caught.value.details
+    assert reason == f"{line}http://a.invalid/{name} failed (no answer within 60 s)"
+    assert advice.startswith(f"Delete the corrupt {name} from {directory} (a run with a network then downloads it "
+                             "again) or copy the right file over it; or put the four files")
+    assert "--dataset digits" in advice and caught.value.corrupt == (str(directory / name),)
+    with pytest.raises(DownloadError) as caught:
+        load_fashion_mnist(data_dir, download_missing=False)
+    assert caught.value.details[0] == f"{line}downloading was not allowed"
+
+
+@pytest.mark.parametrize("corrupt_cache", ["truncated"], indirect=True)
+def test_auto_names_the_corrupt_cached_file(corrupt_cache):
+    data_dir, name, md5 = corrupt_cache
+    dataset = load_dataset("auto", data_dir)
+    assert dataset.name == "digits"
+    assert dataset.note == (f"WARNING: Fashion-MNIST's cached {name} is corrupt (not used) and could not be "
+                            "downloaded again, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten "
+                            "digits) instead.")
+    assert dataset.details[0].startswith(_corrupt_line(data_dir / "fashion-mnist", name, md5))
+    with pytest.raises(DownloadError, match=f"(?s)could not get Fashion-MNIST.*{name}: the cached file is corrupt"):
+        load_dataset("fashion-mnist", data_dir)
+
+
+def test_download_names_a_corrupt_file_already_there(tmp_path):
+    (tmp_path / "x.gz").write_bytes(b"garbage")
+    with pytest.raises(DownloadError) as caught:
+        download("x.gz", "abc", tmp_path, ["http://127.0.0.1:9/"], timeout=2)
+    found, _, advice = caught.value.details
+    assert found == (f"the file already there, {tmp_path / 'x.gz'}, is corrupt (MD5 "
+                     f"{hashlib.md5(b'garbage').hexdigest()}, published abc; 7 bytes) and was not used")
+    assert advice.startswith(f"Delete {tmp_path / 'x.gz'} or copy the right file over it (published MD5 abc)")
+    assert caught.value.corrupt == (str(tmp_path / "x.gz"),)
+    assert pickle.loads(pickle.dumps(caught.value)).corrupt == caught.value.corrupt
+    assert (tmp_path / "x.gz").read_bytes() == b"garbage" and os.listdir(tmp_path) == ["x.gz"]
+
+
 def test_unreachable_host_is_asked_once(tmp_path, monkeypatch):
     """A host that gives no answer at all is not asked for the other three files (offline, each would wait for
     the timeout); their lines say so, with the URL and the error."""
@@ -236,6 +333,15 @@ def test_idx_wrong_dimensions_and_bad_gzip(tmp_path):
     (tmp_path / "b.gz").write_bytes(gzip.compress(b"abc")[:-4])
     with pytest.raises(IDXError, match="b.gz: cannot be read as gzip"):
         read_idx(tmp_path / "b.gz")
+    # a damaged deflate stream (zlib's error, not gzip's): named too
+    damaged = bytearray(gzip.compress(np.random.default_rng(0).bytes(5000) * 3, mtime=0))
+    damaged[10] ^= 0xFF
+    (tmp_path / "c.gz").write_bytes(bytes(damaged))
+    with pytest.raises(IDXError, match="c.gz: cannot be read as gzip .* the file is corrupt: delete it") as caught:
+        read_idx(tmp_path / "c.gz")
+    assert isinstance(caught.value.__cause__, zlib.error)
+    with pytest.raises(IDXError, match="absent.gz: cannot be read"):
+        read_idx(tmp_path / "absent.gz")
 
 
 def test_batches_are_deterministic_and_cover_the_data():
@@ -269,3 +375,20 @@ def test_batches_resize_and_scale():
     x, _ = next(Batches(images, np.zeros(3), 2, resize=96).epoch(0))
     assert x.shape == (2, 1, 96, 96)
     np.testing.assert_allclose(x, 1.0, atol=1e-6)
+
+
+def test_temporaries_of_killed_downloads_are_removed(tmp_path):
+    """A download killed mid-file leaves ``.NAME.*.tmp``; the next load removes it once it is stale (untouched
+    for longer than a live download ever is), and keeps a fresh one, which may be another process's."""
+    from resnet import download
+
+    directory = tmp_path / "fashion-mnist"
+    directory.mkdir()
+    stale, fresh = directory / ".train-images-idx3-ubyte.gz.abc.tmp", directory / ".t10k-labels-idx1-ubyte.gz.xyz.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    old = time.time() - download.STALE_AFTER - 1
+    os.utime(stale, (old, old))
+    with pytest.raises(DownloadError):
+        load_fashion_mnist(tmp_path, download_missing=False)
+    assert not stale.exists() and fresh.exists()

@@ -156,6 +156,29 @@ def test_block_arguments_are_validated():
         specs.family_spec("resnet200")
 
 
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: specs.resnet_spec("basic", (1,), (8,), num_classes=2**31), "num_classes must be a positive integer "
+                                                                          "of at most 2147483647"),
+        (lambda: specs.resnet_spec("basic", (float("inf"),), (8,)), "each stage depth must be a positive integer, "
+                                                                    "got inf"),
+        (lambda: specs.resnet_spec("basic", (1,), (8,), stem_channels=float("nan")), "stem_channels must be a "
+                                                                                     "positive integer, got nan"),
+        (lambda: specs.bottleneck(2**30, groups=2**20), "give .* inner and .* output channels, more than 2147483647"),
+        (lambda: specs.book_resnet(((10**30, 8),)), "num_residuals must be a positive integer of at most"),
+        (lambda: StemSpec(kernel=2**33 + 1), "the stem's kernel must be a positive integer of at most"),
+        (lambda: specs.learning_rate(10**400), "lr must be a positive, finite number"),
+        (lambda: specs.learning_rate(float("-inf")), "lr must be a positive, finite number"),
+    ],
+)
+def test_numeric_arguments_refuse_inf_nan_and_huge(build, message):
+    """Every number a description takes is checked: inf, NaN and sizes past 2**31 - 1 are ValueErrors naming
+    the argument, never an OverflowError or a build that runs out of memory."""
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
 # ---------------------------------------------------------------------------------- every backend: API
 
 

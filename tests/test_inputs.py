@@ -255,3 +255,11 @@ def test_real_dtypes_are_converted_to_the_model_precision(rn, dtype):
     actual = resnet.forward(model, x)
     assert actual.dtype == np.float32
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_an_absurd_input_shape_is_refused_before_anything_is_allocated(rn):
+    """A shape whose input alone would be tens of GiB is a ValueError naming its size, not an allocator error."""
+    import resnet
+
+    with pytest.raises(ValueError, match=r"input_shape \(1, 1, 100000, 100000\) is 10,000,000,000 values, 37 GiB"):
+        resnet.output_shape(rn.ResNet18(), (1, 1, 100000, 100000))

@@ -177,7 +177,12 @@ def test_identity_shortcut_with_wrong_input_is_clear(rn):
     [
         ((30, 4, 1), "30 channels .* not divisible by groups=4"),
         ((32, 0, 1), "groups must be a positive integer"),
-        ((32, 2, 0), "bot_mul must be a positive number"),
+        ((32, 2, 0), "bot_mul must be a positive, finite number, got 0"),
+        ((32, 2, float("inf")), "bot_mul must be a positive, finite number, got inf"),
+        ((32, 2, float("nan")), "bot_mul must be a positive, finite number, got nan"),
+        ((32, 2, 10**400), "bot_mul must be a positive, finite number, got 1000"),
+        ((32, 2, 1e300), "bot_mul=1e.300 gives 3.2e.301 bottleneck channels .* more than 2147483647"),
+        ((2**40, 2, 1), "num_channels must be a positive integer of at most 2147483647"),
         ((32, 2, 1, False, 3), "strides must be 1 or 2"),
     ],
 )
@@ -188,7 +193,9 @@ def test_resnext_bad_arguments(rn, args, message):
 
 @pytest.mark.parametrize(
     "args, message",
-    [((0,), "num_channels must be a positive integer"), ((3.5,), "num_channels"), ((8, True, (2, 1)), "pair of equal")],
+    [((0,), "num_channels must be a positive integer"), ((3.5,), "num_channels"), ((8, True, (2, 1)), "pair of equal"),
+     ((float("inf"),), "num_channels must be a positive integer, got inf"),
+     ((2**31,), "num_channels must be a positive integer of at most 2147483647 .2..31 - 1., got 2147483648")],
 )
 def test_residual_bad_arguments(rn, args, message):
     with pytest.raises(ValueError, match=message):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+import resnet.rundir as rundir
 import resnet.training as training
 from resnet import specs
 from resnet.data import Batches, Dataset, load_digits
@@ -204,7 +205,7 @@ def test_train_config_checks_lr():
 def test_checkpoint_settings_compare_as_values(saved, value, same):
     """A checkpoint's header holds its settings as text (old and new alike): they compare with the run's
     typed settings as values, so ``lr "1"`` (an int lr of an older run) resumes with ``lr=1.0``."""
-    assert training._same_setting(saved, value) is same
+    assert rundir._same_setting(saved, value) is same
 
 
 def test_offline_note_is_logged_and_stored_whole(rn, digits, tmp_path):

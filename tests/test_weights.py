@@ -5,8 +5,13 @@ files loading unchanged."""
 from __future__ import annotations
 
 import importlib
+import io
 import itertools
+import json
 import os
+import pickle
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -29,7 +34,15 @@ from helpers import (
 from resnet import specs
 from resnet.reference import Reference, reference_weights
 from resnet.shapes import tensor_infos
-from resnet.weights import read_weights, write_weights
+from resnet.weights import (
+    NoModelDescriptionError,
+    NonFiniteWeightsError,
+    WeightsFileError,
+    check_finite,
+    model_description,
+    read_weights,
+    write_weights,
+)
 
 
 #: The family's blocks with a projection shortcut, whose tensors torchvision names ``downsample.conv`` and
@@ -94,14 +107,32 @@ def test_mismatch_lists_missing_unexpected_and_misshapen(rn, tmp_path):
     assert all(np.array_equal(after[name], before[name]) for name in before)
 
 
-def test_wrong_dtype_is_a_mismatch(rn, tmp_path):
-    model = rn.Residual(3)
-    resnet.output_shape(model, (1, 3, 4, 4))
-    path = tmp_path / "f16.safetensors"
-    save_file({k: v.astype(np.float16) for k, v in rn.get_arrays(model).items()}, str(path),
+@pytest.mark.parametrize("dtype", ["float16", "int64", "bool", "complex64"])
+@pytest.mark.parametrize("built", [True, False], ids=["built", "unbuilt"])
+def test_wrong_dtype_is_refused_naming_the_tensors(rn, tmp_path, dtype, built):
+    """Only float32 and float64 load (converted to the model's precision): every other dtype is refused, naming
+    each tensor and its dtype, and the model is left as it was."""
+    source = rn.Residual(3)
+    resnet.output_shape(source, (1, 3, 4, 4))
+    arrays = rn.get_arrays(source)
+    path = tmp_path / f"{dtype}.safetensors"
+    odd = {"conv1.weight", "bn2.running_var"}
+    save_file({k: v.astype(dtype) if k in odd else v for k, v in arrays.items()}, str(path),
               metadata={"format": "resnet.neutral/1"})
-    with pytest.raises(resnet.WeightsMismatchError, match="misshapen.*float16"):
+    model = rn.Residual(3)
+    if built:
+        resnet.output_shape(model, (1, 3, 4, 4))
+        before = rn.get_arrays(model)
+    with pytest.raises(resnet.WeightsMismatchError) as caught:
         resnet.load_weights(model, path)
+    message = str(caught.value)
+    assert f"wrong dtype (2): conv1.weight: {dtype}, bn2.running_var: {dtype}" in message, message
+    assert "float32 or float64 (either loads, converted to this model's float32)" in message
+    assert "misshapen" not in message and "missing" not in message
+    assert rn.is_built(model) == built
+    if built:
+        after = rn.get_arrays(model)
+        assert all(np.array_equal(after[name], before[name]) for name in before)
 
 
 def test_precisions_convert_both_ways(rn, tmp_path):
@@ -126,13 +157,176 @@ def test_precisions_convert_both_ways(rn, tmp_path):
         assert value.dtype == np.float64 and np.array_equal(value, saved[name].astype(np.float32)), name
 
 
-def test_not_a_weights_file(rn, tmp_path):
-    path = tmp_path / "junk.safetensors"
-    path.write_bytes(b"\x80\x04 this is a pickle, not safetensors")
-    with pytest.raises(ValueError, match="not a readable safetensors weights file"):
-        resnet.load_weights(rn.Residual(3), path)
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    """A safetensors file by hand: the 8-byte header length, the JSON header, the data."""
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _zip_bytes() -> bytes:
+    """What torch.save writes: a zip archive holding a pickle."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"conv1.weight": [0.0]}, protocol=2))
+    return buffer.getvalue()
+
+
+_GOOD = _safetensors_bytes(
+    {"__metadata__": {"format": "resnet.neutral/1"}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
+    bytes(16),
+)
+#: Files that are not readable weights files, and what the error must say each is.
+UNREADABLE_FILES = {
+    "empty": (b"", r"is empty \(0 bytes\).*copy or save it again"),
+    "truncated-data": (_GOOD[:-5], r"truncated: its header declares a file of 134 bytes, but it has only 129 \(5 missing"),
+    "truncated-header": (_GOOD[:30], r"truncated: its header declares 110 header bytes, but the file has only 22"),
+    "too-short": (_GOOD[:5], r"5 bytes long, too short for a safetensors header"),
+    "random": (np.random.default_rng(0).bytes(300), r"not a safetensors file \(random bytes or another format"),
+    "pickle": (pickle.dumps({"conv1.weight": [0.0]}, protocol=2), "a pickle/PyTorch .pt file renamed .safetensors"),
+    "torch-zip": (_zip_bytes(), r"a pickle/PyTorch \.pt file renamed \.safetensors: this package never unpickles.*"
+                                r"convert it with safetensors: save_file"),
+}
+
+
+@pytest.mark.parametrize("kind", UNREADABLE_FILES)
+def test_unreadable_file_says_what_it_is(rn, tmp_path, kind):
+    """Each file is named for what it is, with what to do; the model stays unbuilt and the file unchanged."""
+    content, message = UNREADABLE_FILES[kind]
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(content)
+    model = rn.Residual(3)
+    with pytest.raises(WeightsFileError, match=f"'{re.escape(str(path))}' is not a readable safetensors weights "
+                                               f"file: it .*{message}"):
+        resnet.load_weights(model, path)
+    assert not rn.is_built(model)
+    assert path.read_bytes() == content and os.listdir(tmp_path) == ["w.safetensors"]
+
+
+def test_bfloat16_file_is_refused(rn, tmp_path):
+    """NumPy alone cannot hold bfloat16, so read_weights names the tensors it cannot read; where TensorFlow or JAX
+    registered the dtype (ml_dtypes), the file reads and load_weights refuses the dtype. Either way it never loads."""
+    path = tmp_path / "bf16.safetensors"
+    header = {"__metadata__": {"format": "resnet.neutral/1"},
+              "conv1.weight": {"dtype": "BF16", "shape": [3, 3, 3, 3], "data_offsets": [0, 162]}}
+    path.write_bytes(_safetensors_bytes(header, bytes(162)))
+    model = rn.Residual(3)
+    with pytest.raises(ValueError, match=r"dtypes NumPy cannot represent \(conv1.weight: BF16\); weights files hold "
+                                         r"float32 or float64|wrong dtype \(1\): conv1.weight: bfloat16"):
+        resnet.load_weights(model, path)
+    assert not rn.is_built(model)
+
+
+def test_missing_file_and_directory_are_named(rn, tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights file at"):
         resnet.load_weights(rn.Residual(3), tmp_path / "absent.safetensors")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.safetensors").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=f"'{re.escape(str(tmp_path / 'run'))}' is a directory, not a weights "
+                                                "file; it holds last.safetensors. Give the path of a .safetensors"):
+        resnet.load_weights(rn.Residual(3), tmp_path / "run")
+
+
+def test_save_into_a_directory_or_under_a_file_is_refused(rn, tmp_path):
+    """Refused up front, naming the path given (not a temporary file), and nothing is written."""
+    model = rn.Residual(3)
+    resnet.output_shape(model, (1, 3, 4, 4))
+    with pytest.raises(IsADirectoryError, match=f"cannot save weights to '{re.escape(str(tmp_path))}': it is a "
+                                                "directory. Give a file path, e.g."):
+        resnet.save_weights(model, tmp_path)
+    (tmp_path / "notes").write_text("a file")
+    with pytest.raises(NotADirectoryError, match=f"'{re.escape(str(tmp_path / 'notes'))}' is a file, not a "
+                                                 "directory"):
+        resnet.save_weights(model, tmp_path / "notes" / "deeper" / "w.safetensors")
+    assert os.listdir(tmp_path) == ["notes"] and (tmp_path / "notes").read_text() == "a file"
+
+
+def _residual_file(rn, tmp_path, channels: int = 3, change=None) -> str:
+    """A file saved from a built Residual(channels), its arrays first changed by ``change`` if given."""
+    source = rn.Residual(channels)
+    resnet.output_shape(source, (1, channels, 4, 4))
+    arrays = rn.get_arrays(source)
+    if change:
+        change(arrays)
+    path = str(tmp_path / "w.safetensors")
+    write_weights(arrays, path, {"spec": repr(source.spec)})
+    return path
+
+
+MISFITS = {
+    "misshapen": (lambda a: a.update({"conv2.weight": np.zeros((3, 3, 1, 1), np.float32)}),
+                  r"misshapen \(1\): conv2.weight: file \(3, 3, 1, 1\) float32, model \(3, 3, 3, 3\) float32"),
+    "first-kernel-missing": (lambda a: a.pop("conv1.weight"), r"missing \(1\): conv1.weight"),
+    "channels-unfit": (lambda a: a.update({"conv1.weight": np.zeros((3, 2, 3, 3), np.float32)}),
+                       "saved for 2 input channels .its conv1.weight., and this Residual has an identity shortcut"),
+    "nan": (lambda a: a["bn1.running_var"].__setitem__(slice(0, 2), np.nan),
+            r"was not loaded: 1 of its 12 tensors hold NaN or inf \(bn1.running_var: 2 NaN\)"),
+}
+
+
+@pytest.mark.parametrize("misfit", MISFITS)
+def test_failed_load_leaves_an_unbuilt_model_unbuilt(rn, tmp_path, misfit):
+    """The file is checked against the model's description before the model is built; after a refusal the
+    model still builds for any input (here 3 channels) and loads a good file."""
+    change, message = MISFITS[misfit]
+    model = rn.Residual(3)
+    with pytest.raises(ValueError, match=message):
+        resnet.load_weights(model, _residual_file(rn, tmp_path, change=change))
+    assert not rn.is_built(model)
+    good = _residual_file(rn, tmp_path)
+    loaded = rn.get_arrays(resnet.load_weights(model, good))
+    assert all(np.array_equal(loaded[name], value) for name, value in read_weights(good)[0].items())
+
+
+def test_family_model_refuses_a_file_for_other_input_channels_unbuilt(rn, tmp_path):
+    case = SMALL_FAMILY_MODELS[0]  # made for 3 input channels
+    arrays = reference_weights(case.spec, case.input_shape, seed=0)
+    arrays["b1.conv.weight"] = arrays["b1.conv.weight"][:, :1]
+    path = tmp_path / "one-channel.safetensors"
+    write_weights(arrays, path, {})
+    model = case.make(rn)
+    with pytest.raises(resnet.WeightsMismatchError, match="saved for 1 input channels .its b1.conv.weight., and "
+                                                          "this model was built for 3 input channels"):
+        resnet.load_weights(model, path)
+    assert not rn.is_built(model)
+
+
+@pytest.mark.parametrize("value, counts", [(np.nan, "3 NaN"), (np.inf, "3 \\+inf"), (-np.inf, "3 -inf")])
+def test_non_finite_weights_are_refused_and_the_model_unchanged(rn, tmp_path, value, counts):
+    """A diverged checkpoint never loads: the tensors are named with their counts. read_weights reads it still
+    (resume code inspects it), and check_finite is the check training calls."""
+    def poison(arrays):
+        arrays["conv1.weight"].reshape(-1)[:3] = value
+        arrays["bn2.bias"][0] = np.nan
+
+    path = _residual_file(rn, tmp_path, change=poison)
+    model = rn.Residual(3)
+    resnet.output_shape(model, (1, 3, 4, 4))
+    before = rn.get_arrays(model)
+    expected = f"2 of its 12 tensors hold NaN or inf \\(bn2.bias: 1 NaN; conv1.weight: {counts}\\)"
+    with pytest.raises(NonFiniteWeightsError, match=expected):
+        resnet.load_weights(model, path)
+    after = rn.get_arrays(model)
+    assert all(np.array_equal(after[name], before[name]) for name in before)
+    arrays, _ = read_weights(path)
+    assert np.isnan(arrays["bn2.bias"][0])
+    with pytest.raises(NonFiniteWeightsError, match="'here' was not loaded: " + expected):
+        check_finite(arrays, "'here'")
+    check_finite(before, "'the model'")  # finite: no error
+
+
+def test_header_model_description(rn, tmp_path):
+    """save_weights writes the model's description into the header; a file without one is named as such."""
+    model = rn.Residual(3)
+    resnet.output_shape(model, (1, 3, 4, 4))
+    resnet.save_weights(model, tmp_path / "saved.safetensors")
+    _, header = read_weights(tmp_path / "saved.safetensors")
+    assert model_description(header, "'saved'") == repr(model.spec)
+    write_weights(rn.get_arrays(model), tmp_path / "bare.safetensors", {"backend": "other"})
+    _, header = read_weights(tmp_path / "bare.safetensors")
+    with pytest.raises(NoModelDescriptionError, match="'bare' has no model description in its header .it was not "
+                                                      "written by resnet.save_weights/resnet train; its header "
+                                                      "holds backend, format."):
+        model_description(header, "'bare'")
 
 
 def test_save_is_atomic(rn, tmp_path, monkeypatch):

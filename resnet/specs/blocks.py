@@ -7,12 +7,11 @@ defines them, and knows which native class builds it and with which arguments (`
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 from resnet.specs.layers import BatchNormSpec, ConvSpec, LayerSpec
-from resnet.specs.validation import divisors, flag, positive_int, stride
+from resnet.specs.validation import MAX_SIZE, divisors, flag, positive_int, positive_number, stride
 
 __all__ = [
     "BLOCK_CLASSES", "BLOCK_KINDS", "EXPANSION", "PROJECTION_ATTRIBUTES", "BasicSpec", "BlockSpec",
@@ -241,9 +240,13 @@ def resnext(
     """
     num_channels = positive_int(num_channels, "num_channels")
     groups = positive_int(groups, "groups")
-    if isinstance(bot_mul, bool) or not isinstance(bot_mul, numbers.Real) or not bot_mul > 0:
-        raise ValueError(f"bot_mul must be a positive number, got {bot_mul!r}")
-    spec = ResNeXtSpec(num_channels, groups, float(bot_mul), flag(use_1x1conv, "use_1x1conv"), stride(strides))
+    bot_mul = positive_number(bot_mul, "bot_mul")
+    if num_channels * bot_mul > MAX_SIZE:  # checked before rounding: a huge product would take forever below
+        raise ValueError(
+            f"bot_mul={bot_mul} gives {num_channels * bot_mul:.4g} bottleneck channels for "
+            f"num_channels={num_channels}, more than {MAX_SIZE} (2**31 - 1); choose a smaller bot_mul"
+        )
+    spec = ResNeXtSpec(num_channels, groups, bot_mul, flag(use_1x1conv, "use_1x1conv"), stride(strides))
     bot = spec.bot_channels
     if bot < 1:
         raise ValueError(
@@ -296,6 +299,11 @@ def bottleneck(
         raise ValueError(
             f"planes={planes} with base_width={base_width} gives int({planes} * {base_width} / 64) = 0 channels per "
             "group; use a larger planes or base_width"
+        )
+    if max(spec.width, spec.num_channels) > MAX_SIZE:
+        raise ValueError(
+            f"planes={planes}, groups={groups} and base_width={base_width} give {spec.width} inner and "
+            f"{spec.num_channels} output channels, more than {MAX_SIZE} (2**31 - 1); use smaller values"
         )
     return spec
 
