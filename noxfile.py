@@ -8,6 +8,8 @@ TensorFlow and JAX need a newer numpy.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +29,42 @@ def _registry():
 BACKENDS = _registry().BACKENDS
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
-nox.options.sessions = ["tests", "cross", "d2l"]
+nox.options.sessions = ["lint", "tests", "cross", "d2l"]
 nox.options.error_on_missing_interpreters = True
+# uv makes the environments and installs into them when it is installed (seconds instead of minutes, one shared
+# cache); otherwise virtualenv and pip do.
+nox.options.default_venv_backend = "uv|virtualenv"
+
+
+def _pip_setting(name: str) -> str:
+    """pip's own setting ``name`` (its PIP_ variable, else its configuration files), or ''."""
+    value = os.environ.get(f"PIP_{name.upper().replace('-', '_')}")
+    if value is None:
+        found = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", f"global.{name}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        value = found.stdout.strip() if found.returncode == 0 else ""
+    return value
+
+
+# uv reads none of pip's settings. Where pip is told to look in a folder of wheels (this project's machines keep
+# the CPU build of torch 2.13.0 there, which PyPI's torch==2.13.0, a CUDA build of several GB, is not) or is
+# given constraints, uv is told the same, so that both install the same files.
+for _pip, _uv, _separator in (("find-links", "UV_FIND_LINKS", ","), ("constraint", "UV_CONSTRAINT", " ")):
+    if _uv not in os.environ and _pip_setting(_pip):
+        os.environ[_uv] = _separator.join(_pip_setting(_pip).split())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff's linter and formatter over the tree, with pyproject.toml's settings; ``nox -s lint -- --fix``
+    is not needed: ``ruff check --fix . && ruff format .`` in any environment that has ruff."""
+    session.install("ruff>=0.17,<0.18")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
@@ -49,10 +85,16 @@ def cross(session: nox.Session) -> None:
     session.install("--no-deps", "mxnet==1.9.1")
     session.run(
         "pytest",
-        *(session.posargs or [
-            "-q", "tests/test_weights.py", "tests/test_selection.py", "tests/test_shapes.py",
-            "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
-        ]),
+        *(
+            session.posargs
+            or [
+                "-q",
+                "tests/test_weights.py",
+                "tests/test_selection.py",
+                "tests/test_shapes.py",
+                "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
+            ]
+        ),
         env={"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", **QUIET_TF},
     )
 
@@ -68,7 +110,8 @@ def d2l(session: nox.Session) -> None:
     session.install("-r", "tests/d2l-requirements.txt")
     session.install("--no-deps", ".")
     session.run(
-        "pytest", *(session.posargs or ["-q", "-rs", "tests/test_d2l_conformance.py"]),
+        "pytest",
+        *(session.posargs or ["-q", "-rs", "tests/test_d2l_conformance.py"]),
         env={"RESNET_REQUIRE_D2L": "1", **QUIET_TF},
     )
 
@@ -79,5 +122,14 @@ def bench(session: nox.Session, backend: str) -> None:
     """The speed benchmark in one backend's environment (not part of the default run: it takes minutes and
     wants a quiet machine): ``nox -s bench``, then ``python -m resnet.bench.report bench-results/*.json``."""
     session.install(f".[{backend}]")
-    session.run("python", "-m", "resnet.bench", "--backend", backend, "--json", f"bench-results/{backend}.json",
-                *session.posargs, env=QUIET_TF)
+    session.run(
+        "python",
+        "-m",
+        "resnet.bench",
+        "--backend",
+        backend,
+        "--json",
+        f"bench-results/{backend}.json",
+        *session.posargs,
+        env=QUIET_TF,
+    )

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +59,7 @@ def check_input_shape(input_shape: Sequence[int], layout: str = "NCHW") -> Shape
         order = "(batch, channels, height, width)" if layout == "NCHW" else "(batch, height, width, channels)"
         example = "(1, 1, 96, 96)" if layout == "NCHW" else "(1, 96, 96, 1)"
         raise ValueError(
-            f"input_shape must be four positive integers in {layout} order {order}, e.g. {example}; "
-            f"got {input_shape!r}"
+            f"input_shape must be four positive integers in {layout} order {order}, e.g. {example}; got {input_shape!r}"
         )
     shape = tuple(int(d) for d in shape)
     if math.prod(shape) > MAX_INPUT_VALUES:
@@ -92,12 +92,12 @@ def check_layout(shape: Shape, layout: str = "NCHW") -> None:
             f"common API (resnet.layer_summary, output_shape, num_params, macs, forward) takes NCHW: read so, it "
             f"is {a} channels of {b}x{c} images. For those images pass {(n, c, a, b)}. NHWC shapes go to a "
             f"TensorFlow or JAX model's own model.layer_summary({shape}), or to resnet.layer_summary(model, "
-            f"{shape}, layout=\"NHWC\")"
+            f'{shape}, layout="NHWC")'
         )
     if layout == "NHWC" and a in IMAGE_CHANNELS and b == c > 4:
         raise ValueError(
             f"input shape {shape} looks like NCHW ({b}x{c} images with {a} channel{'s' if a > 1 else ''}), but "
-            f"layout=\"NHWC\" (a TensorFlow or JAX model's own layer_summary) takes (batch, height, width, "
+            f'layout="NHWC" (a TensorFlow or JAX model\'s own layer_summary) takes (batch, height, width, '
             f"channels): read so, it is {a}x{b} images with {c} channels. For those images pass {(n, b, c, a)}, or "
             f"give the NCHW shape to the common API: resnet.layer_summary(model, {shape})"
         )

@@ -1,10 +1,10 @@
 """The ``resnet`` command (also ``python -m resnet``): train, summarize and compare the chapter's models.
 
-    resnet train                            # the chapter's recipe: ResNet-18, 10 epochs, batch 128, lr 0.01, 96x96
-    resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run with no network
-    resnet summary resnet18                 # the layer summary in the selected backend
-    resnet --backend jax summary resnet50   # choose the backend here instead of RESNET_BACKEND
-    resnet family                           # the ResNet family: parameters and multiply-adds (no framework)
+resnet train                            # the chapter's recipe: ResNet-18, 10 epochs, batch 128, lr 0.01, 96x96
+resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run with no network
+resnet summary resnet18                 # the layer summary in the selected backend
+resnet --backend jax summary resnet50   # choose the backend here instead of RESNET_BACKEND
+resnet family                           # the ResNet family: parameters and multiply-adds (no framework)
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from resnet import selection
 from resnet.contract import check_mixed_precision
@@ -65,44 +65,80 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="resnet18", help=f"model name: {', '.join(MODELS)} (default resnet18)")
     train.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     train.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    train.add_argument("--lr", type=float, default=0.01,
-                       help="SGD learning rate, kept by the model as model.lr as in the chapter's ResNet18(lr=0.01) "
-                       "(default 0.01, the chapter's recipe)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="SGD learning rate, kept by the model as model.lr as in the chapter's ResNet18(lr=0.01) "
+        "(default 0.01, the chapter's recipe)",
+    )
     train.add_argument("--resize", type=int, default=96, help="image height and width (default 96)")
-    train.add_argument("--dataset", default="auto", choices=DATASETS,
-                       help="fashion-mnist, digits (offline), or auto: Fashion-MNIST if cached or downloadable, "
-                       "else digits (default auto)")
+    train.add_argument(
+        "--dataset",
+        default="auto",
+        choices=DATASETS,
+        help="fashion-mnist, digits (offline), or auto: Fashion-MNIST if cached or downloadable, "
+        "else digits (default auto)",
+    )
     train.add_argument("--data-dir", help="where datasets are cached (default: RESNET_DATA, else ~/.cache/resnet)")
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and shuffling (default 0)")
     train.add_argument("--init", metavar="FILE", help="start from this neutral weights file")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    train.add_argument("--out", metavar="DIR",
-                       help="run directory for last.safetensors, metrics.csv, curves.png and run.json (default: a "
-                            "new runs/MODEL-BACKEND-TIME, with runs/latest linked to it; with --resume, runs/latest)")
+    train.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory for last.safetensors, metrics.csv, curves.png and run.json (default: a "
+        "new runs/MODEL-BACKEND-TIME, with runs/latest linked to it; with --resume, runs/latest)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
-    train.add_argument("--dtype", default="float32", choices=DTYPES,
-                       help="precision of the weights and computation (default float32; float64 follows the NumPy "
-                            "reference step for step, several times slower)")
-    train.add_argument("--mixed-precision", action="store_true",
-                       help="torch and jax: compute in bfloat16 with float32 weights (for a GPU)")
+    train.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="precision of the weights and computation (default float32; float64 follows the NumPy "
+        "reference step for step, several times slower)",
+    )
+    train.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="torch and jax: compute in bfloat16 with float32 weights (for a GPU)",
+    )
     train.add_argument("--cpu", action="store_true", help="train on the CPU even when the framework sees a GPU")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--compile", action="store_true",
-                       help="torch only: run the train step under torch.compile (the other backends always compile it)")
+    train.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch only: run the train step under torch.compile (the other backends always compile it)",
+    )
     parallel = train.add_argument_group(
-        "several devices or hosts", "data-parallel training through the framework's own engine (README: \"Training on "
-        "several devices or hosts\"); --batch-size stays the global batch")
-    parallel.add_argument("--devices", type=int, default=1,
-                          help="replicas on this host (torch: worker processes, one per device; jax, tensorflow, "
-                               "mxnet: devices of this process) (default 1)")
-    parallel.add_argument("--sync-bn", action="store_true",
-                          help="BatchNorm statistics over the global batch (the framework's synchronised BatchNorm) "
-                               "instead of per replica")
-    parallel.add_argument("--coordinator", metavar="HOST:PORT",
-                          help="jax: where the processes meet, process 0's address (default: JAX_COORDINATOR_ADDRESS)")
-    parallel.add_argument("--num-processes", type=int,
-                          help="jax: processes in all (default: JAX_NUM_PROCESSES); torch takes torchrun's, "
-                               "tensorflow TF_CONFIG's, mxnet its launcher's")
+        "several devices or hosts",
+        "data-parallel training through the framework's own engine (README: \"Training on "
+        'several devices or hosts"); --batch-size stays the global batch',
+    )
+    parallel.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="replicas on this host (torch: worker processes, one per device; jax, tensorflow, "
+        "mxnet: devices of this process) (default 1)",
+    )
+    parallel.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch (the framework's synchronised BatchNorm) "
+        "instead of per replica",
+    )
+    parallel.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="jax: where the processes meet, process 0's address (default: JAX_COORDINATOR_ADDRESS)",
+    )
+    parallel.add_argument(
+        "--num-processes",
+        type=int,
+        help="jax: processes in all (default: JAX_NUM_PROCESSES); torch takes torchrun's, "
+        "tensorflow TF_CONFIG's, mxnet its launcher's",
+    )
     parallel.add_argument("--process-id", type=int, help="jax: this process, 0 to --num-processes - 1")
     from resnet import bench  # imports no framework
 
@@ -110,8 +146,11 @@ def _parser() -> argparse.ArgumentParser:
     summary = _command(commands, "summary", "print a model's layer summary (NCHW shapes)")
     summary.add_argument("model", help=f"model name: {', '.join(MODELS)}")
     summary.add_argument("--input-shape", type=_input_shape, help="N,C,H,W (default: the model's own)")
-    summary.add_argument("--num-classes", type=int,
-                         help="outputs of the head (default: the model's own, 10 for resnet18, 1000 for the family)")
+    summary.add_argument(
+        "--num-classes",
+        type=int,
+        help="outputs of the head (default: the model's own, 10 for resnet18, 1000 for the family)",
+    )
     family = _command(commands, "family", "the ResNet family's parameters and multiply-adds, as a Markdown table")
     family.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     family.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
@@ -160,8 +199,11 @@ def _run_directory(args: argparse.Namespace, backend: str, writes: bool = True) 
     A process that does not write (``writes`` False: not process 0) only needs it to resume."""
     if args.out is None:
         # runs/latest resolved: the run it links to is the one resumed, and the link stays as it is
-        out = Path(os.path.relpath(os.path.realpath(LATEST))) if args.resume else new_run_directory(
-            RUNS, args.model.lower(), backend)
+        out = (
+            Path(os.path.relpath(os.path.realpath(LATEST)))
+            if args.resume
+            else new_run_directory(RUNS, args.model.lower(), backend)
+        )
     else:
         out = check_out_dir(args.out)
     if writes:
@@ -207,8 +249,9 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.resize, args.seed)  # validates first
     model_entry(args.model)
     name = selection.backend()
-    plan = plan_from_environment(name, args.devices, args.sync_bn, args.coordinator, args.num_processes,
-                                 args.process_id)
+    plan = plan_from_environment(
+        name, args.devices, args.sync_bn, args.coordinator, args.num_processes, args.process_id
+    )
     out = _run_directory(args, name, writes=plan.is_main)  # process 0 writes the run
     _check_init(args.init)
     check_global_batch(config.batch_size, plan)
@@ -227,10 +270,22 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(args.model, backend, dataset.num_classes, dataset.train_images.shape[1], args.dtype, config.lr)
     say(f"training {args.model} ({args.dtype}) in {backend.NAME} on {dataset.name}: {config}")
     try:
-        history = fit(model, dataset, config, out, init=args.init, resume=args.resume,
-                      progress=not args.no_progress, model_name=args.model, compile=args.compile,
-                      mixed_precision=args.mixed_precision, accelerator=not args.cpu, plan=plan,
-                      overwrite=args.overwrite, latest_link=LATEST if args.out is None and not args.resume else None)
+        history = fit(
+            model,
+            dataset,
+            config,
+            out,
+            init=args.init,
+            resume=args.resume,
+            progress=not args.no_progress,
+            model_name=args.model,
+            compile=args.compile,
+            mixed_precision=args.mixed_precision,
+            accelerator=not args.cpu,
+            plan=plan,
+            overwrite=args.overwrite,
+            latest_link=LATEST if args.out is None and not args.resume else None,
+        )
     except TrainingInterrupted as stopped:
         print(f"resnet: {stopped.describe()}", file=sys.stderr)
         if stopped.kept_epoch or args.resume:
@@ -245,8 +300,10 @@ def _train(args: argparse.Namespace) -> int:
     if final is None:
         return 0
     warning = " -- OFFLINE digits set, not Fashion-MNIST" if dataset.name == "digits" else ""
-    print(f"final validation accuracy: {final['val_acc']:.4f} ({dataset.name}, epoch {final['epoch']}, "
-          f"{backend.NAME}){warning}")
+    print(
+        f"final validation accuracy: {final['val_acc']:.4f} ({dataset.name}, epoch {final['epoch']}, "
+        f"{backend.NAME}){warning}"
+    )
     return 0
 
 

@@ -26,16 +26,17 @@ model's backend from its class (``resnet.api.backend_of``). Arrays cross the hoo
 with canonical names and layouts (``resnet.walk``, ``resnet.layouts``), or as the backend's native tensors
 where a hook says so.
 
-The hooks are written in each backend's ``hooks``, ``train`` and ``parallel`` modules under ``@hook``, which gives them the
-docstrings of ``Hooks`` below and checks their parameters against it. ``contract_problems(module)`` lists what a
-backend lacks; the contract test runs it on every backend.
+The hooks are written in each backend's ``hooks``, ``train`` and ``parallel`` modules under ``@hook``, which gives
+them the docstrings of ``Hooks`` below and checks their parameters against it. ``contract_problems(module)`` lists
+what a backend lacks; the contract test runs it on every backend.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,8 +63,16 @@ __all__ = [
 ]
 
 #: The model classes every backend defines, with the book's names.
-CLASSES = ("Residual", "ResNeXtBlock", "BasicBlock", "Bottleneck", "PreActBasic", "PreActBottleneck", "ResNet",
-           "ResNet18")
+CLASSES = (
+    "Residual",
+    "ResNeXtBlock",
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasic",
+    "PreActBottleneck",
+    "ResNet",
+    "ResNet18",
+)
 
 Model = Any  # a backend's native block or model
 Native = Any  # a backend's native tensor
@@ -301,8 +310,10 @@ def contract_problems(module: ModuleType) -> list[str]:
         if not callable(function):
             problems.append(f"{name}: missing hook {_call_form(hook_name, declared_hook)}")
         elif _parameters(function) != _parameters(declared_hook):
-            problems.append(f"{name}: hook {_call_form(hook_name, function)} does not match the contract's "
-                            f"{_call_form(hook_name, declared_hook)}")
+            problems.append(
+                f"{name}: hook {_call_form(hook_name, function)} does not match the contract's "
+                f"{_call_form(hook_name, declared_hook)}"
+            )
     return problems
 
 

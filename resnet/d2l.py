@@ -24,8 +24,9 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,9 +70,7 @@ class HyperParameters:
         arguments = inspect.getargvalues(caller)  # type: ignore[arg-type]
         names = [*arguments.args, *filter(None, (arguments.varargs, arguments.keywords))]
         skipped = {"self", *ignore}
-        hparams = {
-            name: arguments.locals[name] for name in names if name not in skipped and not name.startswith("_")
-        }
+        hparams = {name: arguments.locals[name] for name in names if name not in skipped and not name.startswith("_")}
         self.hparams = hparams
         for name, value in hparams.items():
             setattr(self, name, value)

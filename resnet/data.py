@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -48,7 +48,16 @@ FASHION_MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 )
 
 
@@ -95,7 +104,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download_missi
     """
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     directory = directory / "fashion-mnist"
-    urls = ([os.environ["RESNET_FASHION_MNIST_URL"]] if os.environ.get("RESNET_FASHION_MNIST_URL") else [])
+    urls = [os.environ["RESNET_FASHION_MNIST_URL"]] if os.environ.get("RESNET_FASHION_MNIST_URL") else []
     urls += FASHION_MNIST_URLS
     paths, problems, corrupt = _fetch_files(directory, urls, download_missing)
     if problems:
@@ -148,10 +157,12 @@ def _fetch_files(
             except DownloadError as error:
                 tried = {attempt.base: attempt.line() for attempt in error.attempts}
                 failures = [
-                    tried[base] if base in tried else
-                    f"{base.rstrip('/')}/{name} not tried (no answer for {Path(silent[base].url).name}: "
+                    tried[base]
+                    if base in tried
+                    else f"{base.rstrip('/')}/{name} not tried (no answer for {Path(silent[base].url).name}: "
                     f"{silent[base].error})"
-                    for base in urls if base in tried or base in silent
+                    for base in urls
+                    if base in tried or base in silent
                 ]
                 reason = "; ".join(failures or ["no location to download it from"])
                 for attempt in error.attempts:
@@ -199,7 +210,12 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     split = int(round(len(images) * (1 - val_fraction)))
     train, val = order[:split], order[split:]
     return Dataset(
-        "digits", images[train], labels[train], images[val], labels[val], tuple(str(d) for d in range(10)),
+        "digits",
+        images[train],
+        labels[train],
+        images[val],
+        labels[val],
+        tuple(str(d) for d in range(10)),
         note="offline set: scikit-learn's 8x8 handwritten digits, not Fashion-MNIST",
     )
 
@@ -226,11 +242,10 @@ def load_dataset(name: str = "auto", data_dir: str | os.PathLike | None = None) 
         why = (
             f"Fashion-MNIST's cached {_and([Path(path).name for path in corrupt])} "
             f"{'is' if len(corrupt) == 1 else 'are'} corrupt (not used) and could not be downloaded again"
-            if corrupt else "Fashion-MNIST is neither cached nor downloadable here"
+            if corrupt
+            else "Fashion-MNIST is neither cached nor downloadable here"
         )
-        note = (
-            f"WARNING: {why}, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten digits) instead."
-        )
+        note = f"WARNING: {why}, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten digits) instead."
         details = getattr(error, "details", ()) or (str(error),)
         return Dataset(**{**fallback.__dict__, "note": note, "details": tuple(details)})
 
@@ -245,7 +260,12 @@ def random_like_fashion_mnist(train_examples: int | None = None, seed: int = 0) 
     images = rng.integers(0, 256, (train + val, 1, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, train + val).astype(np.int64)
     return Dataset(
-        "random-28x28", images[:train], labels[:train], images[train:], labels[train:], FASHION_MNIST_CLASSES,
+        "random-28x28",
+        images[:train],
+        labels[:train],
+        images[train:],
+        labels[train:],
+        FASHION_MNIST_CLASSES,
         note="random images of Fashion-MNIST's size, for timing only: the accuracy means nothing",
     )
 
@@ -289,8 +309,15 @@ class Batches:
         seed: the shuffling seed.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, resize: int | None = None,
-                 shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        resize: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
         if images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"images must be (N, C, H, W) with one label each; got {images.shape} and {labels.shape}")
         if batch_size < 1:

@@ -12,9 +12,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from resnet.atomic import atomic_path
 
@@ -177,7 +177,9 @@ def download(
     advice = f"Copy the file there by hand (published MD5 {md5}), or train on the offline set (--dataset digits)."
     if found:
         lines.insert(0, f"the file already there, {target}, is corrupt ({found}) and was not used")
-        advice = (f"Delete {target} or copy the right file over it (published MD5 {md5}), or train on the offline "
-                  "set (--dataset digits).")
+        advice = (
+            f"Delete {target} or copy the right file over it (published MD5 {md5}), or train on the offline "
+            "set (--dataset digits)."
+        )
     corrupt = (str(target),) if found else ()
     raise DownloadError(f"could not download {name} into {directory}:", [*lines, advice], attempts, corrupt)

@@ -7,7 +7,7 @@ mean 0 and running variance 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -13,8 +13,9 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["StopRequest", "TrainingInterrupted", "stop_requests"]
 
@@ -41,8 +42,10 @@ class TrainingInterrupted(KeyboardInterrupt):
             return f"{where}; nothing is kept (no run directory)"
         if self.kept_epoch == 0:
             return f"{where}; no epoch was complete, so {self.out_dir} holds no checkpoint yet"
-        return (f"{where}; kept: epoch {self.kept_epoch} in {self.out_dir} (last.safetensors, metrics.csv, "
-                "curves.png, run.json); the unfinished epoch is trained again on resume")
+        return (
+            f"{where}; kept: epoch {self.kept_epoch} in {self.out_dir} (last.safetensors, metrics.csv, "
+            "curves.png, run.json); the unfinished epoch is trained again on resume"
+        )
 
 
 class StopRequest:
@@ -73,8 +76,11 @@ def stop_requests(enabled: bool = True) -> Iterator[StopRequest]:
                 raise KeyboardInterrupt
             sys.exit(128 + signum)
         request.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping at the end of this step (again to abort at once)",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping at the end of this step (again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for number in SIGNALS:
         previous[number] = signal.signal(number, handle)

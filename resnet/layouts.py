@@ -11,7 +11,7 @@ Arrays other than 4-D batches and 4-D or 2-D weights (labels, logits, vectors) a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,9 +12,10 @@ under its builders' names (``resnet34``, ``resnet50``, ``preact_resnet18``, ``re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from resnet.specs import FAMILY, learning_rate
 

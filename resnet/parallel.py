@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 __all__ = ["Plan", "check_global_batch", "plan_from_environment"]
 
@@ -56,7 +56,9 @@ class Plan:
         if self.coordinator is not None:
             host, _, port = self.coordinator.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"the coordinator must be host:port, such as 127.0.0.1:29500; got {self.coordinator!r}")
+                raise ValueError(
+                    f"the coordinator must be host:port, such as 127.0.0.1:29500; got {self.coordinator!r}"
+                )
 
     @property
     def replicas(self) -> int:

@@ -13,15 +13,15 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
 from resnet import specs
 from resnet.shapes import tensor_infos
-from resnet.walk import is_statistic
 from resnet.specs import BasicSpec, BlockSpec, BottleneckSpec, ConvSpec, ModelSpec, ResidualSpec
+from resnet.walk import is_statistic
 
 __all__ = ["Reference", "reference_weights", "softmax_cross_entropy"]
 
@@ -34,7 +34,7 @@ class Node:
     """A value on the tape, with how to send its gradient back to the nodes it was computed from."""
 
     value: np.ndarray
-    parents: tuple["Node", ...] = ()
+    parents: tuple[Node, ...] = ()
     backward: Callable[[np.ndarray], Sequence[np.ndarray]] | None = None
     grad: np.ndarray | None = field(default=None, repr=False)
 
@@ -212,8 +212,9 @@ class Reference:
 
     def _bn(self, name: str, x: Node) -> Node:
         running = {"mean": self.weights[f"{name}.running_mean"], "var": self.weights[f"{name}.running_var"]}
-        y = batch_norm(self._tape, x, self._params[f"{name}.weight"], self._params[f"{name}.bias"], running,
-                       self._training)
+        y = batch_norm(
+            self._tape, x, self._params[f"{name}.weight"], self._params[f"{name}.bias"], running, self._training
+        )
         self.weights[f"{name}.running_mean"], self.weights[f"{name}.running_var"] = running["mean"], running["var"]
         return y
 
@@ -273,7 +274,9 @@ class Reference:
     def _block(self, prefix: str, spec: BlockSpec, x: Node) -> Node:
         specs.check_block_input(spec, x.value.shape[1])
         run = {
-            ResidualSpec: self._residual, specs.ResNeXtSpec: self._resnext, BasicSpec: self._basic,
+            ResidualSpec: self._residual,
+            specs.ResNeXtSpec: self._resnext,
+            BasicSpec: self._basic,
             BottleneckSpec: self._bottleneck,
         }[type(spec)]
         return run(prefix, spec, x)

@@ -89,8 +89,10 @@ def check_out_dir(path: str | os.PathLike) -> Path:
     try:  # a real probe, which permission bits alone cannot be (root, read-only mounts, /proc): nothing stays
         os.rmdir(tempfile.mkdtemp(prefix=".resnet-probe-", dir=existing))
     except OSError as error:
-        raise OSError(f"the output directory {str(directory)!r} is not writable ({str(existing)!r}: "
-                      f"{error.strerror}); choose another with --out") from None
+        raise OSError(
+            f"the output directory {str(directory)!r} is not writable ({str(existing)!r}: "
+            f"{error.strerror}); choose another with --out"
+        ) from None
     return directory
 
 
@@ -101,7 +103,8 @@ def describe_run(directory: Path) -> str | None:
     try:
         info = json.loads((directory / RUN_INFO).read_text())
         done = info.get("epochs_complete", "?")
-        return f"{info.get('model', '?')} in {info.get('backend', '?')}, {done} of {info.get('epochs', '?')} epochs complete"
+        model, backend, epochs = (info.get(key, "?") for key in ("model", "backend", "epochs"))
+        return f"{model} in {backend}, {done} of {epochs} epochs complete"
     except (OSError, ValueError, AttributeError):
         return "its files: " + ", ".join(name for name in RUN_FILES if (directory / name).exists())
 
@@ -178,8 +181,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append({k: numeric.get(k, str)(v) for k, v in row.items()})
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}, line {line}: {error}; the file is damaged. Start a new run (--overwrite "
-                                 "or another --out)") from None
+                raise ValueError(
+                    f"{path}, line {line}: {error}; the file is damaged. Start a new run (--overwrite or another --out)"
+                ) from None
     return rows
 
 
@@ -205,8 +209,9 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         figure.savefig(temporary, format="png", dpi=100)
 
 
-def run_settings(config: Any, lr: float, dataset: str, model: str, backend: str, dtype: str,
-                 mixed_precision: bool) -> dict[str, Any]:
+def run_settings(
+    config: Any, lr: float, dataset: str, model: str, backend: str, dtype: str, mixed_precision: bool
+) -> dict[str, Any]:
     """The settings a resumed run must keep, typed (run.json stores them so; a checkpoint's header as text)."""
     return {
         **{k: v for k, v in asdict(config).items() if k != "epochs"},
@@ -253,7 +258,9 @@ def resume_point(
         )
     saved = {**IMPLIED_SETTINGS, **header}
     changed = [
-        f"{k}: {saved.get(k)} -> {v}" for k, v in settings.items() if k != "backend" and not _same_setting(saved.get(k), v)
+        f"{k}: {saved.get(k)} -> {v}"
+        for k, v in settings.items()
+        if k != "backend" and not _same_setting(saved.get(k), v)
     ]
     if changed:
         raise ValueError(

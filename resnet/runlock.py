@@ -13,8 +13,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet.atomic import atomic_path
 
@@ -68,7 +69,7 @@ class RunLock:
         self.took_over = ""
         self._lock: Any = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire(self.directory)
         stale = _read_owner(self.directory)

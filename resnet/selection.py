@@ -46,9 +46,7 @@ CLONE_INSTALL_COMMANDS: dict[str, str] = {name: f'pip install -e ".[{name}]"' fo
 
 def install_hint(name: str) -> str:
     """How to install backend ``name``: from the index, or from a clone of the project."""
-    return (
-        f"{INSTALL_COMMANDS[name]} (or, in a clone of the project, in its directory: {CLONE_INSTALL_COMMANDS[name]})"
-    )
+    return f"{INSTALL_COMMANDS[name]} (or, in a clone of the project, in its directory: {CLONE_INSTALL_COMMANDS[name]})"
 
 
 ENV_VAR = "RESNET_BACKEND"

@@ -24,9 +24,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +39,20 @@ from resnet.init import initial_weights
 from resnet.interrupts import StopRequest, TrainingInterrupted, stop_requests
 from resnet.parallel import Plan, check_global_batch
 from resnet.reference import softmax_cross_entropy
-from resnet.rundir import (CHECKPOINT, METRICS, check_out_dir, commit_epoch, plot_curves, point_latest,
-                           prepare_new_run, remove_temporaries, resume_point, run_settings, write_metrics,
-                           write_run_info)
+from resnet.rundir import (
+    CHECKPOINT,
+    METRICS,
+    check_out_dir,
+    commit_epoch,
+    plot_curves,
+    point_latest,
+    prepare_new_run,
+    remove_temporaries,
+    resume_point,
+    run_settings,
+    write_metrics,
+    write_run_info,
+)
 from resnet.runlock import RunLock
 from resnet.specs import learning_rate
 from resnet.weights import check_arrays, load_weights
@@ -92,8 +104,10 @@ def check_input_size(spec: Any, channels: int, size: int) -> None:
 
     smallest = smallest_input_size(spec, channels)
     if size < smallest:
-        raise ValueError(f"{size}x{size} images are too small for this model: its layers need at least "
-                         f"{smallest}x{smallest}. Choose a larger --resize (resize=), e.g. the book's 96")
+        raise ValueError(
+            f"{size}x{size} images are too small for this model: its layers need at least "
+            f"{smallest}x{smallest}. Choose a larger --resize (resize=), e.g. the book's 96"
+        )
 
 
 @dataclass
@@ -208,8 +222,15 @@ def fit(
         prepare_new_run(out, overwrite=False)  # refused before any work is done, and again under the lock
     device = backend.to_accelerator(model) if accelerator else backend.device_of(model)
     backend.build(model, (1, channels, size, size))
-    settings = run_settings(config, lr, dataset.name, model_name or type(model).__name__, backend.NAME,
-                            backend.dtype_of(model), mixed_precision)
+    settings = run_settings(
+        config,
+        lr,
+        dataset.name,
+        model_name or type(model).__name__,
+        backend.NAME,
+        backend.dtype_of(model),
+        mixed_precision,
+    )
     history = History(dataset=dataset.name, note=dataset.note)
     title = f"{settings['model']} on {dataset.name} ({backend.NAME})"
     with contextlib.ExitStack() as held:
@@ -236,14 +257,45 @@ def fit(
             log(f"resuming from {out / CHECKPOINT}: epoch {done} of {config.epochs} complete")
         if writes and latest_link is not None and not point_latest(Path(latest_link), out):
             log(f"{latest_link} is not a link made by resnet train; left as it is")
-        _train(model, backend, dataset, config, settings, plan, history, start, out if writes else None,
-               device, lr, title, progress, log, compile, mixed_precision)
+        _train(
+            model,
+            backend,
+            dataset,
+            config,
+            settings,
+            plan,
+            history,
+            start,
+            out if writes else None,
+            device,
+            lr,
+            title,
+            progress,
+            log,
+            compile,
+            mixed_precision,
+        )
     return history
 
 
-def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, settings: dict[str, Any], plan: Plan,
-           history: History, start: int, out: Path | None, device: str, lr: float, title: str, progress: bool,
-           log: Callable[[str], None], compile: bool, mixed_precision: bool) -> None:
+def _train(
+    model: Any,
+    backend: Any,
+    dataset: Dataset,
+    config: TrainConfig,
+    settings: dict[str, Any],
+    plan: Plan,
+    history: History,
+    start: int,
+    out: Path | None,
+    device: str,
+    lr: float,
+    title: str,
+    progress: bool,
+    log: Callable[[str], None],
+    compile: bool,
+    mixed_precision: bool,
+) -> None:
     """The epochs from ``start``, each committed to ``out`` (None: nothing written) as one state."""
     spec = model.spec
     parallel = {"replicas": plan.replicas, "processes": plan.processes, "sync_bn": plan.sync_bn}
@@ -252,8 +304,14 @@ def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, sett
         trained = backend.replicate(model, plan)
     else:
         trained = model
-    info = {**settings, "epochs": config.epochs, "device": str(device), **parallel, "note": dataset.note,
-            "note_details": list(dataset.details)}
+    info = {
+        **settings,
+        "epochs": config.epochs,
+        "device": str(device),
+        **parallel,
+        "note": dataset.note,
+        "note_details": list(dataset.details),
+    }
     if out is not None:
         write_run_info(out, info, start - 1)
     if dataset.note:
@@ -263,16 +321,20 @@ def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, sett
     precision = " in mixed precision (bfloat16)" if mixed_precision else ""
     log(f"training on {device} with learning rate {lr:g}{precision}")
     if mixed_precision and "cpu" in str(device).lower():
-        log(f"warning: mixed precision is meant for a GPU; on this CPU ({device}) bfloat16 can be many times "
-            "slower than float32. Drop --mixed-precision (mixed_precision=False) to train in float32")
+        log(
+            f"warning: mixed precision is meant for a GPU; on this CPU ({device}) bfloat16 can be many times "
+            "slower than float32. Drop --mixed-precision (mixed_precision=False) to train in float32"
+        )
 
     train = Batches(dataset.train_images, dataset.train_labels, config.batch_size, config.resize, True, config.seed)
     val = Batches(dataset.val_images, dataset.val_labels, config.batch_size, config.resize)
     if plan.replicas > 1:
         train_step = backend.make_parallel_train_step(trained, plan, lr, mixed_precision=mixed_precision)
-        log(f"data-parallel: {plan.replicas} replicas ({plan.devices} per process, {plan.processes} process"
+        log(
+            f"data-parallel: {plan.replicas} replicas ({plan.devices} per process, {plan.processes} process"
             f"{'es' if plan.processes > 1 else ''}), BatchNorm statistics "
-            f"{'synchronised over the global batch' if plan.sync_bn else 'per replica'}")
+            f"{'synchronised over the global batch' if plan.sync_bn else 'per replica'}"
+        )
         left = train.num_examples % config.batch_size
         if 0 < left < plan.replicas:
             log(f"the last {left} images of each epoch are fewer than the {plan.replicas} replicas: not trained on")
@@ -285,12 +347,15 @@ def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, sett
             try:
                 if stop:
                     raise _Stopped(0)
-                losses, train_loss, seconds = _train_epoch(train_step, train, epoch, config.epochs, progress,
-                                                           plan.replicas, stop)
+                losses, train_loss, seconds = _train_epoch(
+                    train_step, train, epoch, config.epochs, progress, plan.replicas, stop
+                )
             except _Stopped as stopped:
                 raise TrainingInterrupted(stop.signum or 2, epoch, stopped.step, epoch - 1, out) from None
             except _NonFiniteLoss as bad:
-                kept = f"{out / CHECKPOINT} keeps epoch {epoch - 1}" if out is not None and epoch > 1 else "nothing kept"
+                kept = (
+                    f"{out / CHECKPOINT} keeps epoch {epoch - 1}" if out is not None and epoch > 1 else "nothing kept"
+                )
                 raise TrainingDiverged(
                     f"the training loss is {bad.loss} at step {bad.step} of epoch {epoch} (learning rate {lr:g}): "
                     f"training stopped ({kept}). Lower the learning rate (--lr), or check the --init weights"
@@ -318,7 +383,12 @@ def _train(model: Any, backend: Any, dataset: Dataset, config: TrainConfig, sett
 
 
 def _train_epoch(
-    train_step: Callable, batches: Batches, epoch: int, epochs: int, progress: bool, smallest: int = 1,
+    train_step: Callable,
+    batches: Batches,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+    smallest: int = 1,
     stop: StopRequest | None = None,
 ) -> tuple[list[float], float, float]:
     """Run one epoch of train steps: (each step's loss, mean loss over the images, seconds taken). A batch of
@@ -330,8 +400,14 @@ def _train_epoch(
         from tqdm import tqdm
 
     losses, weighted, seen, started = [], 0.0, 0, time.perf_counter()
-    with tqdm(total=batches.num_examples, unit="img", desc=f"epoch {epoch}/{epochs}", disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=batches.num_examples,
+        unit="img",
+        desc=f"epoch {epoch}/{epochs}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
 
         def record(loss_of: Callable[[], float], size: int) -> None:
             nonlocal weighted, seen

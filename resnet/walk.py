@@ -18,7 +18,8 @@ cannot disagree about names or order:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 from resnet.specs import (
     PROJECTION_ATTRIBUTES,
@@ -31,8 +32,15 @@ from resnet.specs import (
 )
 
 __all__ = [
-    "STATISTICS", "Tensor", "attach_layers", "is_statistic", "layer_tensor_kinds", "layers", "native_layers",
-    "native_tensors", "tensors",
+    "STATISTICS",
+    "Tensor",
+    "attach_layers",
+    "is_statistic",
+    "layer_tensor_kinds",
+    "layers",
+    "native_layers",
+    "native_tensors",
+    "tensors",
 ]
 
 Path = tuple[str, ...]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,8 +27,17 @@ from resnet.specs import ModelSpec
 from resnet.walk import tensors
 
 __all__ = [
-    "FORMAT", "NoModelDescriptionError", "NonFiniteWeightsError", "WeightsFileError", "WeightsMismatchError",
-    "check_arrays", "check_finite", "load_weights", "model_description", "read_weights", "save_weights",
+    "FORMAT",
+    "NoModelDescriptionError",
+    "NonFiniteWeightsError",
+    "WeightsFileError",
+    "WeightsMismatchError",
+    "check_arrays",
+    "check_finite",
+    "load_weights",
+    "model_description",
+    "read_weights",
+    "save_weights",
     "write_weights",
 ]
 
@@ -243,8 +253,12 @@ def check_arrays(expected: Mapping[str, Any], found: Mapping[str, np.ndarray], s
     ]
     if missing or unexpected or misshapen or wrong_dtype:
         lines = [f"{source} does not fit this model:"]
-        groups = (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen),
-                  ("wrong dtype", wrong_dtype))
+        groups = (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("misshapen", misshapen),
+            ("wrong dtype", wrong_dtype),
+        )
         for title, names in groups:
             if names:
                 lines.append(f"  {title} ({len(names)}): " + ", ".join(names))
@@ -265,8 +279,11 @@ def check_finite(arrays: Mapping[str, np.ndarray], source: str) -> None:
         value = np.asarray(value)
         if value.dtype.kind not in "fc" or np.isfinite(value).all():
             continue
-        counts = [(int(np.isnan(value).sum()), "NaN"), (int(np.isposinf(value.real).sum()), "+inf"),
-                  (int(np.isneginf(value.real).sum()), "-inf")]
+        counts = [
+            (int(np.isnan(value).sum()), "NaN"),
+            (int(np.isposinf(value.real).sum()), "+inf"),
+            (int(np.isneginf(value.real).sum()), "-inf"),
+        ]
         bad.append(f"{name}: " + ", ".join(f"{count} {kind}" for count, kind in counts if count))
     if bad:
         raise NonFiniteWeightsError(

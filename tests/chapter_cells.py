@@ -63,7 +63,7 @@ def chapter_cells(path: Path = CHAPTER) -> list[Cell]:
     for index, text in enumerate(found):
         first, _, rest = text.partition("\n")
         if first.startswith("%%tab"):
-            cells.append(Cell(index, rest, tuple(t.strip() for t in first[len("%%tab"):].split(","))))
+            cells.append(Cell(index, rest, tuple(t.strip() for t in first[len("%%tab") :].split(","))))
         else:  # d2lbook runs a cell without %%tab in every tab (a commented "# %%tab jax" too)
             cells.append(Cell(index, text, None))
     return cells
@@ -91,7 +91,8 @@ def defines_package_class(code: str) -> bool:
             return node.name in PACKAGE_CLASSES
         if isinstance(node, ast.FunctionDef):
             return any(
-                isinstance(d, ast.Call) and ast.unparse(d.func).endswith("add_to_class")
+                isinstance(d, ast.Call)
+                and ast.unparse(d.func).endswith("add_to_class")
                 and any(isinstance(a, ast.Name) and a.id in PACKAGE_CLASSES for a in d.args)
                 for d in node.decorator_list
             )

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 import pytest
-
 from helpers import FOUND, INSTALLED, REQUIRED
+
 from resnet.registry import BACKENDS, REGISTRY
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -114,10 +114,20 @@ FAMILY_BLOCK_CASES = [
     Case("preact_bottleneck_1x1_s2", "PreActBottleneck", (4, True, 2), (2, 8, 7, 7)),
 ]
 SMALL_FAMILY_MODELS = [
-    Case("small_resnext", "FamilyResNet", ("bottleneck", (1, 2), (8, 16), 10, 3, 4, 16, False, 16), (4, 3, 24, 24),
-         classifier=True),
-    Case("small_preact_resnet", "FamilyResNet", ("preact_bottleneck", (2, 1), (8, 16), 10, 3, 1, 64, True, 16),
-         (4, 3, 24, 24), classifier=True),
+    Case(
+        "small_resnext",
+        "FamilyResNet",
+        ("bottleneck", (1, 2), (8, 16), 10, 3, 4, 16, False, 16),
+        (4, 3, 24, 24),
+        classifier=True,
+    ),
+    Case(
+        "small_preact_resnet",
+        "FamilyResNet",
+        ("preact_bottleneck", (2, 1), (8, 16), 10, 3, 1, 64, True, 16),
+        (4, 3, 24, 24),
+        classifier=True,
+    ),
 ]
 FAMILY_CASES = [*FAMILY_BLOCK_CASES, *SMALL_FAMILY_MODELS]
 

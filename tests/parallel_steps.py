@@ -44,8 +44,11 @@ def train(backend: str, devices: int, sync_bn: bool, dtype: str = "float64") -> 
     else:
         trained, step = model, rn.make_train_step(model, LR)
     losses = [step(x, labels) for x, labels in batches()]
-    return {"losses": np.asarray(losses), "process": np.asarray(plan.process_index),
-            **{f"weights/{name}": value for name, value in rn.get_arrays(trained).items()}}
+    return {
+        "losses": np.asarray(losses),
+        "process": np.asarray(plan.process_index),
+        **{f"weights/{name}": value for name, value in rn.get_arrays(trained).items()},
+    }
 
 
 def main(backend: str, devices: int, sync_bn: bool, out: str, dtype: str = "float64") -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from chapter_cells import TABS, chapter_cells
+
 from resnet.registry import REGISTRY
 
 RUNNER = Path(__file__).with_name("chapter_cells.py")
@@ -41,18 +41,24 @@ def shapes_in(text: str) -> list[tuple[int, ...]]:
     return [tuple(int(d) for d in re.findall(r"\d+", group)) for group in re.findall(r"[\[(]([\d, ]+)[\])]", text)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chapter_run(backend: str, way: str) -> dict:
     """Run the tab in a fresh process outside the source tree (the installed package, as a reader has it)."""
     env = {**os.environ, "RESNET_DATA": tempfile.mkdtemp(prefix="chapter-data-"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, str(RUNNER), backend, way],
-        capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir(), env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tempfile.gettempdir(),
+        env=env,
     )
     marker = "CHAPTER-RESULT "
     lines = [line for line in done.stdout.splitlines() if line.startswith(marker)]
-    assert done.returncode == 0 and lines, f"the runner failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    result = json.loads(lines[-1][len(marker):])
+    assert done.returncode == 0 and lines, (
+        f"the runner failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    )
+    result = json.loads(lines[-1][len(marker) :])
     for cell in result["cells"]:
         assert cell["status"] != "error", f"{backend} ({way}): cell {cell['index']} failed:\n{cell['error']}"
     return result

@@ -24,13 +24,30 @@ from resnet.shapes import family_table, macs, model_part_shapes
 def run_cli(*args: str, backend: str, cwd) -> subprocess.CompletedProcess:
     """``python -m resnet *args`` in ``cwd`` with ``RESNET_BACKEND=backend``."""
     env = {**os.environ, "RESNET_BACKEND": backend}
-    return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 def test_train_quick_run(backend_name, tmp_path):
-    result = run_cli("train", "--dataset", "digits", "--epochs", "1", "--resize", "16", "--batch-size", "64",
-                     "--lr", "0.05", "--out", "run", "--no-progress", backend=backend_name, cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--resize",
+        "16",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--out",
+        "run",
+        "--no-progress",
+        backend=backend_name,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("final validation accuracy: ") and f"{backend_name})" in last and "OFFLINE" in last
@@ -39,8 +56,12 @@ def test_train_quick_run(backend_name, tmp_path):
     assert info["lr"] == 0.05 and info["epochs"] == 1 and info["resize"] == 16 and info["mixed_precision"] is False
 
 
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz")
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def test_train_offline_says_why_and_keeps_the_lr(backend_name, fresh_selection, tmp_path, monkeypatch, capsys):
@@ -53,8 +74,30 @@ def test_train_offline_says_why_and_keeps_the_lr(backend_name, fresh_selection, 
     built = []
     monkeypatch.setattr(cli, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
     monkeypatch.chdir(tmp_path)
-    assert main(["--backend", backend_name, "train", "--data-dir", "cache", "--epochs", "1", "--resize", "8",
-                 "--batch-size", "512", "--lr", "0.05", "--out", "run", "--no-progress", "--cpu"]) == 0
+    assert (
+        main(
+            [
+                "--backend",
+                backend_name,
+                "train",
+                "--data-dir",
+                "cache",
+                "--epochs",
+                "1",
+                "--resize",
+                "8",
+                "--batch-size",
+                "512",
+                "--lr",
+                "0.05",
+                "--out",
+                "run",
+                "--no-progress",
+                "--cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert built[0].lr == 0.05
     directory = os.path.join("cache", "fashion-mnist")
@@ -66,8 +109,14 @@ def test_train_offline_says_why_and_keeps_the_lr(backend_name, fresh_selection, 
         assert f"  {line}\n" in out
     assert directory in advice and all(name in advice for name in FILES) and f"  {advice}\n" in out
     assert {k: info[k] for k in ("lr", "epochs", "batch_size", "resize", "seed", "mixed_precision", "dtype")} == {
-        "lr": 0.05, "epochs": 1, "batch_size": 512, "resize": 8, "seed": 0, "mixed_precision": False,
-        "dtype": "float32"}
+        "lr": 0.05,
+        "epochs": 1,
+        "batch_size": 512,
+        "resize": 8,
+        "seed": 0,
+        "mixed_precision": False,
+        "dtype": "float32",
+    }
     assert "with learning rate 0.05" in out
 
 
@@ -113,8 +162,10 @@ def test_summary_of_a_family_model(backend_name, fresh_selection, capsys):
     assert main(["--backend", backend_name, "summary", "resnext50-32x4d", "--input-shape", "1,3,64,64"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [
-        *(f"{part:<4}  output shape: {shape}" for part, shape in model_part_shapes(
-            specs.family_spec("resnext50_32x4d"), (1, 3, 64, 64))),
+        *(
+            f"{part:<4}  output shape: {shape}"
+            for part, shape in model_part_shapes(specs.family_spec("resnext50_32x4d"), (1, 3, 64, 64))
+        ),
         "trainable parameters: 25,028,904",
         f"multiply-adds: {macs(specs.family_spec('resnext50_32x4d'), (1, 3, 64, 64)):,}",
     ]
@@ -142,9 +193,30 @@ def test_train_the_multigpu_resnet18(backend_name, fresh_selection, tmp_path, mo
 
     built = []
     monkeypatch.setattr(cli, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
-    assert main(["--backend", backend_name, "train", "--model", "resnet18_multigpu", "--dataset", "digits",
-                 "--epochs", "1", "--resize", "8", "--batch-size", "256", "--out", str(tmp_path / "run"),
-                 "--no-progress", "--cpu"]) == 0
+    assert (
+        main(
+            [
+                "--backend",
+                backend_name,
+                "train",
+                "--model",
+                "resnet18_multigpu",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--resize",
+                "8",
+                "--batch-size",
+                "256",
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+                "--cpu",
+            ]
+        )
+        == 0
+    )
     assert built[0].spec == specs.family_spec("resnet18_multigpu", 10, 1)
     assert "final validation accuracy: " in capsys.readouterr().out
 

@@ -65,8 +65,10 @@ if REQUIRE_D2L:
     import d2l  # noqa: F401  (an ImportError here is the point: the d2l session needs the book's package)
 
     if importlib.metadata.version("d2l") != D2L_VERSION:
-        raise ImportError(f"RESNET_REQUIRE_D2L is set but d2l {importlib.metadata.version('d2l')} is installed, "
-                          f"not {D2L_VERSION}; install tests/d2l-requirements.txt")
+        raise ImportError(
+            f"RESNET_REQUIRE_D2L is set but d2l {importlib.metadata.version('d2l')} is installed, "
+            f"not {D2L_VERSION}; install tests/d2l-requirements.txt"
+        )
 else:
     pytest.importorskip(
         "d2l",
@@ -74,8 +76,10 @@ else:
         "environment (tests/d2l-requirements.txt): nox -s d2l",
     )
     if importlib.metadata.version("d2l") != D2L_VERSION:
-        pytest.skip(f"d2l {importlib.metadata.version('d2l')} is installed, these tests are for d2l {D2L_VERSION}",
-                    allow_module_level=True)
+        pytest.skip(
+            f"d2l {importlib.metadata.version('d2l')} is installed, these tests are for d2l {D2L_VERSION}",
+            allow_module_level=True,
+        )
 
 from resnet import reference, specs  # noqa: E402
 from resnet.reference import Reference, reference_weights  # noqa: E402
@@ -150,11 +154,17 @@ def _agrees(framework: str, case: BookCase) -> bool:
 
 AGREEING = [
     pytest.param(fw, case, mode, id=f"d2l={fw}-{case.name}-{mode}")
-    for fw in FRAMEWORKS for case in CASES for mode in MODES if _agrees(fw, case)
+    for fw in FRAMEWORKS
+    for case in CASES
+    for mode in MODES
+    if _agrees(fw, case)
 ]
 DIFFERING = [
     pytest.param(fw, case, mode, id=f"d2l={fw}-{case.name}-{mode}")
-    for fw in FRAMEWORKS for case in CASES for mode in MODES if not _agrees(fw, case)
+    for fw in FRAMEWORKS
+    for case in CASES
+    for mode in MODES
+    if not _agrees(fw, case)
 ]
 
 
@@ -292,7 +302,7 @@ class BookJax:
     def _path(name):
         layer, tensor = name.split(".")
         if tensor in ("running_mean", "running_var"):
-            return "batch_stats", layer, tensor[len("running_"):]
+            return "batch_stats", layer, tensor[len("running_") :]
         if layer.startswith("bn"):
             return "params", layer, {"weight": "scale"}.get(tensor, tensor)
         return "params", layer, {"weight": "kernel"}.get(tensor, tensor)
@@ -374,7 +384,7 @@ class BookMXNet:
 ADAPTERS = {"torch": BookTorch, "tensorflow": BookTensorFlow, "jax": BookJax, "mxnet": BookMXNet}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_book(framework: str):
     """(d2l.<framework> module or None, the import error or None)."""
     if framework in ("tensorflow", "jax"):  # d2l.jax imports TensorFlow too

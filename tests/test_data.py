@@ -141,8 +141,12 @@ def test_unreachable_everywhere(tmp_path):
     assert caught.value.details[0] == f"http://127.0.0.1:9/x.gz failed ({attempt.error})"
 
 
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz")
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def test_auto_falls_back_to_digits_loudly(tmp_path, monkeypatch):
@@ -161,8 +165,10 @@ def test_auto_falls_back_to_digits_loudly(tmp_path, monkeypatch):
     with pytest.raises(DownloadError) as caught:
         load_dataset("fashion-mnist", tmp_path)
     message = str(caught.value)
-    assert message.splitlines() == [f"could not get Fashion-MNIST into {directory}:", *(f"  {line}" for line in
-                                                                                       dataset.details)]
+    assert message.splitlines() == [
+        f"could not get Fashion-MNIST into {directory}:",
+        *(f"  {line}" for line in dataset.details),
+    ]
     with pytest.raises(ValueError, match="unknown dataset 'cifar'. Known datasets: auto, fashion-mnist, digits"):
         load_dataset("cifar")
 
@@ -211,8 +217,11 @@ def corrupt_cache(tmp_path, monkeypatch, request):
 
 def _corrupt_line(directory, name, md5):
     content = (directory / name).read_bytes()
-    found = (f"MD5 {hashlib.md5(content).hexdigest()}, published {md5}; {len(content)} bytes" if content
-             else "empty: 0 bytes")
+    found = (
+        f"MD5 {hashlib.md5(content).hexdigest()}, published {md5}; {len(content)} bytes"
+        if content
+        else "empty: 0 bytes"
+    )
     return f"{name}: the cached file is corrupt ({found}) and was not used; "
 
 
@@ -227,8 +236,10 @@ def test_corrupt_cached_file_is_named_and_never_used(corrupt_cache):
         load_fashion_mnist(data_dir)
     (reason, advice) = caught.value.details
     assert reason == f"{line}http://a.invalid/{name} failed (no answer within 60 s)"
-    assert advice.startswith(f"Delete the corrupt {name} from {directory} (a run with a network then downloads it "
-                             "again) or copy the right file over it; or put the four files")
+    assert advice.startswith(
+        f"Delete the corrupt {name} from {directory} (a run with a network then downloads it "
+        "again) or copy the right file over it; or put the four files"
+    )
     assert "--dataset digits" in advice and caught.value.corrupt == (str(directory / name),)
     with pytest.raises(DownloadError) as caught:
         load_fashion_mnist(data_dir, download_missing=False)
@@ -240,9 +251,11 @@ def test_auto_names_the_corrupt_cached_file(corrupt_cache):
     data_dir, name, md5 = corrupt_cache
     dataset = load_dataset("auto", data_dir)
     assert dataset.name == "digits"
-    assert dataset.note == (f"WARNING: Fashion-MNIST's cached {name} is corrupt (not used) and could not be "
-                            "downloaded again, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten "
-                            "digits) instead.")
+    assert dataset.note == (
+        f"WARNING: Fashion-MNIST's cached {name} is corrupt (not used) and could not be "
+        "downloaded again, so this run uses the OFFLINE set (scikit-learn's 8x8 handwritten "
+        "digits) instead."
+    )
     assert dataset.details[0].startswith(_corrupt_line(data_dir / "fashion-mnist", name, md5))
     with pytest.raises(DownloadError, match=f"(?s)could not get Fashion-MNIST.*{name}: the cached file is corrupt"):
         load_dataset("fashion-mnist", data_dir)
@@ -253,8 +266,10 @@ def test_download_names_a_corrupt_file_already_there(tmp_path):
     with pytest.raises(DownloadError) as caught:
         download("x.gz", "abc", tmp_path, ["http://127.0.0.1:9/"], timeout=2)
     found, _, advice = caught.value.details
-    assert found == (f"the file already there, {tmp_path / 'x.gz'}, is corrupt (MD5 "
-                     f"{hashlib.md5(b'garbage').hexdigest()}, published abc; 7 bytes) and was not used")
+    assert found == (
+        f"the file already there, {tmp_path / 'x.gz'}, is corrupt (MD5 "
+        f"{hashlib.md5(b'garbage').hexdigest()}, published abc; 7 bytes) and was not used"
+    )
     assert advice.startswith(f"Delete {tmp_path / 'x.gz'} or copy the right file over it (published MD5 abc)")
     assert caught.value.corrupt == (str(tmp_path / "x.gz"),)
     assert pickle.loads(pickle.dumps(caught.value)).corrupt == caught.value.corrupt
@@ -281,11 +296,15 @@ def test_unreachable_host_is_asked_once(tmp_path, monkeypatch):
         load_fashion_mnist(tmp_path)
     assert asked == [f"http://{host}.invalid/{FILES[0]}" for host in "ab"]
     lines = caught.value.details
-    assert lines[0] == (f"{FILES[0]}: http://a.invalid/{FILES[0]} failed (no answer within 60 s); "
-                        f"http://b.invalid/{FILES[0]} failed (no answer within 60 s)")
-    assert lines[3] == (f"{FILES[3]}: http://a.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
-                        f"within 60 s); http://b.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
-                        "within 60 s)")
+    assert lines[0] == (
+        f"{FILES[0]}: http://a.invalid/{FILES[0]} failed (no answer within 60 s); "
+        f"http://b.invalid/{FILES[0]} failed (no answer within 60 s)"
+    )
+    assert lines[3] == (
+        f"{FILES[3]}: http://a.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
+        f"within 60 s); http://b.invalid/{FILES[3]} not tried (no answer for {FILES[0]}: no answer "
+        "within 60 s)"
+    )
 
 
 def test_one_missing_file_is_named_and_the_others_kept(fashion_server, tmp_path):
@@ -294,8 +313,9 @@ def test_one_missing_file_is_named_and_the_others_kept(fashion_server, tmp_path)
     with pytest.raises(DownloadError) as caught:
         load_fashion_mnist(tmp_path / "cache")
     reason, advice = caught.value.details
-    assert reason == (f"t10k-labels-idx1-ubyte.gz: {server.url}t10k-labels-idx1-ubyte.gz failed "
-                      "(HTTP Error 404: Not Found)")
+    assert reason == (
+        f"t10k-labels-idx1-ubyte.gz: {server.url}t10k-labels-idx1-ubyte.gz failed (HTTP Error 404: Not Found)"
+    )
     assert str(tmp_path / "cache" / "fashion-mnist") in advice
     assert sorted(os.listdir(tmp_path / "cache" / "fashion-mnist")) == sorted(FILES[:3])
 

@@ -14,9 +14,9 @@ import inspect
 
 import numpy as np
 import pytest
+from helpers import INSTALLED
 
 import resnet
-from helpers import INSTALLED
 from resnet import specs
 from resnet.init import initial_weights
 from resnet.models import MODELS, build_model, model_entry
@@ -100,7 +100,8 @@ def test_multigpu_resnet18_is_the_chapters_with_the_small_stem():
     assert specs.family_spec("resnet18_multigpu", 1000, 3) == specs.resnet_spec("residual", (2, 2, 2, 2), stem="small")
     assert StemSpec().layers()["conv"] == ConvSpec(64, 7, 2, 3) and StemSpec().pool == PoolSpec(3, 2, 1)
     assert {specs.family_spec(name).stem.pool for name in specs.FAMILY if name != "resnet18_multigpu"} == {
-        PoolSpec(3, 2, 1)}
+        PoolSpec(3, 2, 1)
+    }
     with pytest.raises(ValueError, match="the stem's kernel must be odd"):
         StemSpec(kernel=4)
     with pytest.raises(ValueError, match="stem must be one of imagenet, small"):
@@ -159,12 +160,18 @@ def test_block_arguments_are_validated():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: specs.resnet_spec("basic", (1,), (8,), num_classes=2**31), "num_classes must be a positive integer "
-                                                                          "of at most 2147483647"),
-        (lambda: specs.resnet_spec("basic", (float("inf"),), (8,)), "each stage depth must be a positive integer, "
-                                                                    "got inf"),
-        (lambda: specs.resnet_spec("basic", (1,), (8,), stem_channels=float("nan")), "stem_channels must be a "
-                                                                                     "positive integer, got nan"),
+        (
+            lambda: specs.resnet_spec("basic", (1,), (8,), num_classes=2**31),
+            "num_classes must be a positive integer of at most 2147483647",
+        ),
+        (
+            lambda: specs.resnet_spec("basic", (float("inf"),), (8,)),
+            "each stage depth must be a positive integer, got inf",
+        ),
+        (
+            lambda: specs.resnet_spec("basic", (1,), (8,), stem_channels=float("nan")),
+            "stem_channels must be a positive integer, got nan",
+        ),
         (lambda: specs.bottleneck(2**30, groups=2**20), "give .* inner and .* output channels, more than 2147483647"),
         (lambda: specs.book_resnet(((10**30, 8),)), "num_residuals must be a positive integer of at most"),
         (lambda: StemSpec(kernel=2**33 + 1), "the stem's kernel must be a positive integer of at most"),
@@ -257,8 +264,14 @@ def test_model_builds_runs_and_round_trips(rn, name, tmp_path):
 
 SMALL_ARCH = ((1, 64), (1, 32))
 #: The book's ResNet-18 summary at (1, 1, 96, 96): each part's output shape, NCHW.
-BOOK_SUMMARY = [("b1", (1, 64, 24, 24)), ("b2", (1, 64, 24, 24)), ("b3", (1, 128, 12, 12)), ("b4", (1, 256, 6, 6)),
-                ("b5", (1, 512, 3, 3)), ("last", (1, 10))]
+BOOK_SUMMARY = [
+    ("b1", (1, 64, 24, 24)),
+    ("b2", (1, 64, 24, 24)),
+    ("b3", (1, 128, 12, 12)),
+    ("b4", (1, 256, 6, 6)),
+    ("b5", (1, 512, 3, 3)),
+    ("last", (1, 10)),
+]
 
 
 def _seeded(model, rn, x_shape, seed=3):
@@ -401,9 +414,8 @@ if "torch" in INSTALLED:  # the chapter calls apply_init in its PyTorch tab only
         module, the lazy layers already their built classes (``nn.Conv2d``, ``nn.Linear``), as the book's
         ``init_cnn`` tests for."""
         import torch
-        from torch import nn
-
         from resnet.backends import torch as rt
+        from torch import nn
 
         model = rt.ResNet(SMALL_ARCH, 0.05, 3)
         initialized = []

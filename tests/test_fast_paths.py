@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from resnet.registry import REGISTRY
 from resnet.data import Batches, prefetch, random_like_fashion_mnist
 from resnet.init import initial_weights
+from resnet.registry import REGISTRY
 from resnet.training import evaluate
 
 
@@ -67,8 +67,11 @@ def test_mixed_precision_steps_in_bfloat16_with_float32_weights(rn, backend_name
 
 def test_mixed_precision_is_checked(rn, backend_name):
     model = _small_model(rn, (2, 1, 16, 16), dtype="float64")
-    expected = ("bfloat16 with float32 weights, but this model is float64" if REGISTRY[backend_name].mixed_precision
-                else f"not in {backend_name}, whose build here is CPU-only")
+    expected = (
+        "bfloat16 with float32 weights, but this model is float64"
+        if REGISTRY[backend_name].mixed_precision
+        else f"not in {backend_name}, whose build here is CPU-only"
+    )
     with pytest.raises(ValueError, match=expected):
         rn.make_train_step(model, 0.1, mixed_precision=True)
     with pytest.raises(TypeError, match="mixed_precision must be True or False, got 'bf16'"):

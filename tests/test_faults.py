@@ -23,16 +23,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import INSTALLED
+
 from resnet.cli import main
 from resnet.init import initial_weights
 from resnet.specs import family_spec
 from resnet.weights import FORMAT, read_weights, write_weights
 
 #: A short run: 3 epochs of 3 steps (1,438 digits in batches of 512) at 8x8, on the CPU.
-RUN = ("train", "--dataset", "digits", "--epochs", "3", "--resize", "8", "--batch-size", "512", "--lr", "0.05",
-       "--seed", "0", "--no-progress", "--cpu")
+RUN = (
+    "train",
+    "--dataset",
+    "digits",
+    "--epochs",
+    "3",
+    "--resize",
+    "8",
+    "--batch-size",
+    "512",
+    "--lr",
+    "0.05",
+    "--seed",
+    "0",
+    "--no-progress",
+    "--cpu",
+)
 TIMEOUT = 300
 KILL_CHAIN_BACKENDS = [name for name in INSTALLED if name in ("torch", "mxnet")]
 
@@ -49,8 +64,14 @@ def resnet_process(backend: str, *args: str, cwd: Path, fault: str = "") -> subp
     env.pop("RESNET_FAULT", None)
     if fault:
         env["RESNET_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "resnet", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "resnet", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -215,8 +236,10 @@ def test_diverging_training_stops_with_the_last_good_epoch(backend_name, tmp_pat
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under ``root``: (size, modification time in ns), to show that nothing changed."""
-    return {str(path.relative_to(root)): (path.lstat().st_size, path.lstat().st_mtime_ns) if path.is_file() else ()
-            for path in sorted(root.rglob("*"))}  # a directory's time changes when a temporary file comes and goes
+    return {
+        str(path.relative_to(root)): (path.lstat().st_size, path.lstat().st_mtime_ns) if path.is_file() else ()
+        for path in sorted(root.rglob("*"))
+    }  # a directory's time changes when a temporary file comes and goes
 
 
 def weights_file(path: Path, model: str = "resnet18", dtype=np.float32, poison: bool = False) -> None:
@@ -228,8 +251,7 @@ def weights_file(path: Path, model: str = "resnet18", dtype=np.float32, poison: 
     else:  # write_weights only writes floats: the wrong dtype takes safetensors' own writer
         from safetensors.numpy import save_file
 
-        save_file({name: value.astype(dtype) for name, value in arrays.items()}, str(path),
-                  metadata={"format": FORMAT})
+        save_file({name: value.astype(dtype) for name, value in arrays.items()}, str(path), metadata={"format": FORMAT})
 
 
 def _resnet18():
@@ -282,8 +304,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(args) or "none" for args, _ in BAD_INPUTS])
-def test_bad_input_is_refused_and_changes_nothing(backend_name, args, message, tmp_path, fresh_selection,
-                                                  monkeypatch, capsys):
+def test_bad_input_is_refused_and_changes_nothing(
+    backend_name, args, message, tmp_path, fresh_selection, monkeypatch, capsys
+):
     from resnet import data
 
     monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://127.0.0.1:9/"])  # nothing listens on port 9
@@ -328,8 +351,7 @@ def test_a_finished_run_is_not_replaced_without_overwrite(backend, tmp_path, fre
 
 
 @in_quick_backends
-def test_default_run_directories_are_new_with_latest_linked(backend, tmp_path, fresh_selection,
-                                                            monkeypatch, capsys):
+def test_default_run_directories_are_new_with_latest_linked(backend, tmp_path, fresh_selection, monkeypatch, capsys):
     """Without --out every run gets its own runs/MODEL-BACKEND-TIME; runs/latest links to the newest and
     ``--resume`` alone continues it."""
     monkeypatch.chdir(tmp_path)

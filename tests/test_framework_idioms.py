@@ -10,9 +10,9 @@ import contextlib
 
 import numpy as np
 import pytest
+from helpers import CHAPTER_BLOCK_CASES, INSTALLED, SGD_LR, SMALL_RESNET, assert_close, golden, loaded, section
 
 import resnet
-from helpers import CHAPTER_BLOCK_CASES, INSTALLED, SGD_LR, SMALL_RESNET, assert_close, golden, loaded, section
 from resnet.reference import Reference
 from resnet.walk import STATISTICS
 
@@ -47,7 +47,6 @@ if "torch" in INSTALLED:
         (PyTorch's own BatchNorm refuses it). Before, this first call was PyTorch's stock BatchNorm: the
         unbiased variance in the running average, and a ValueError for the batch of one."""
         import torch
-
         from resnet.backends import torch as rt
         from resnet.backends.torch.layers import BatchNorm2d
 
@@ -131,7 +130,6 @@ if "mxnet" in INSTALLED:
         """The chapter's MXNet cells after its ``npx.set_np()``: the blocks on ``np.random.uniform`` inputs, and
         ResNet-18's ``layer_summary``; the outputs are ``mxnet.numpy`` arrays."""
         from mxnet import np as mnp
-
         from resnet.backends import mxnet as rn
 
         with numpy_semantics():
@@ -160,7 +158,6 @@ if "mxnet" in INSTALLED:
         import mxnet as mx
         from mxnet import autograd, gluon
         from mxnet.util import is_np_array, is_np_shape
-
         from resnet.backends import mxnet as rn
 
         case = SMALL_RESNET
@@ -182,12 +179,17 @@ if "mxnet" in INSTALLED:
             native = rn.apply(model, rn.to_native(x), training=False)
             assert isinstance(native, mx.np.ndarray) == caller_numpy
             assert [isinstance(y, mx.np.ndarray) for _, y in rn.part_outputs(model, rn.to_native(x))] == [
-                caller_numpy] * len(case.spec.part_names)
+                caller_numpy
+            ] * len(case.spec.part_names)
             assert_close(resnet.forward(model, x), arrays["inference"], 1e-4, "resnet.forward")
             output, grads = rn.vjp(model, x, arrays["output_grad"])
             assert_close(output, arrays["training"], 1e-4, "vjp output")
-            assert_close(grads["b1.conv.weight"], arrays["grad/b1.conv.weight"],
-                         1e-4 * float(np.abs(arrays["grad/b1.conv.weight"]).max()), "vjp gradient")
+            assert_close(
+                grads["b1.conv.weight"],
+                arrays["grad/b1.conv.weight"],
+                1e-4 * float(np.abs(arrays["grad/b1.conv.weight"]).max()),
+                "vjp gradient",
+            )
             rn.set_arrays(model, section(arrays, "weights"))
             assert_close(rn.make_train_step(model, SGD_LR)(x, arrays["labels"]), arrays["sgd_loss"][0], 1e-5, "loss")
             if not made_under_numpy:
@@ -220,7 +222,6 @@ if "mxnet" in INSTALLED:
         canonical path (``resnet18_b2_0_conv1_weight``), the same for every model whatever was built before;
         a block's layers under the block (Gluon's counter keeps blocks made side by side apart)."""
         from mxnet.gluon import nn
-
         from resnet.backends import mxnet as rn
 
         first = rn.ResNet18()
@@ -231,14 +232,18 @@ if "mxnet" in INSTALLED:
         canonical = rn.get_arrays(first)
         assert sorted(first.collect_params()) == sorted(second.collect_params())
         assert set(first.collect_params()) == {f"resnet18_{name}" for name in _gluon_names(canonical)}
-        assert {"resnet18_b1_conv_weight", "resnet18_b3_0_conv3_weight", "resnet18_b5_1_bn2_gamma",
-                "resnet18_last_fc_bias"} <= set(first.collect_params())
+        assert {
+            "resnet18_b1_conv_weight",
+            "resnet18_b3_0_conv3_weight",
+            "resnet18_b5_1_bn2_gamma",
+            "resnet18_last_fc_bias",
+        } <= set(first.collect_params())
         family = rn.resnet50()
         assert "resnet_b3_0_downsample_bn_running_var" in family.collect_params()
         assert set(rn.ResNet18(prefix="mine_").collect_params()) == {f"mine_{n}" for n in _gluon_names(canonical)}
         block = rn.ResNeXtBlock(64, 8, 0.5, True, 2)
         expected = {"conv1_weight", "bn4_gamma", "conv4_bias"}
-        assert {name[len(block.prefix):] for name in block.collect_params()} >= expected
+        assert {name[len(block.prefix) :] for name in block.collect_params()} >= expected
         assert all(name.startswith(block.prefix) for name in block.collect_params())
         # the book's way of putting blocks and models together: side by side, and inside a user's name scope
         book = nn.HybridSequential()

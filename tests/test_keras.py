@@ -14,9 +14,17 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import (
+    CHAPTER_BLOCK_CASES,
+    FAMILY_BLOCK_CASES,
+    INSTALLED,
+    RESNET18,
+    SMALL_FAMILY_MODELS,
+    SMALL_RESNET,
+    Case,
+    case_ids,
+)
 
-from helpers import CHAPTER_BLOCK_CASES, FAMILY_BLOCK_CASES, INSTALLED, RESNET18, SMALL_FAMILY_MODELS, SMALL_RESNET
-from helpers import Case, case_ids
 from resnet import specs
 from resnet.init import initial_weights
 from resnet.shapes import num_trainable, tensor_infos
@@ -79,8 +87,9 @@ def test_keras_file_round_trips_inference_and_training(rt, keras, case, tmp_path
     description, lr, dtype, name, weight paths and outputs; then the same Keras training step (the compiled
     optimizer comes back too) and the same step of the package's own train step, which uses the loaded lr."""
     model = _seeded(rt, case)
-    model.compile(optimizer=keras.optimizers.SGD(model.lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(model.lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded) is type(model)
@@ -101,10 +110,22 @@ def test_a_models_config_keeps_its_description(rt):
     """The config holds the book's ``arch`` and ``lr``, or the description of any other model; ``from_config``
     rebuilds the same model, for every model of the family too."""
     config = rt.ResNet(((1, 64), (1, 32)), 0.05, 3, dtype="float64", name="small").get_config()
-    assert config == {"arch": [[1, 64], [1, 32]], "lr": 0.05, "num_classes": 3, "spec": None, "dtype": "float64",
-                      "name": "small", "trainable": True}
-    assert rt.ResNet18(0.02, 4).get_config() == {"lr": 0.02, "num_classes": 4, "dtype": "float32",
-                                                 "name": "resnet18", "trainable": True}
+    assert config == {
+        "arch": [[1, 64], [1, 32]],
+        "lr": 0.05,
+        "num_classes": 3,
+        "spec": None,
+        "dtype": "float64",
+        "name": "small",
+        "trainable": True,
+    }
+    assert rt.ResNet18(0.02, 4).get_config() == {
+        "lr": 0.02,
+        "num_classes": 4,
+        "dtype": "float32",
+        "name": "resnet18",
+        "trainable": True,
+    }
     for name in specs.FAMILY:
         spec = specs.family_spec(name, 7, 1, stride_in_1x1=name.startswith("preact"))
         rebuilt = rt.ResNet.from_config(rt.ResNet(spec=spec, lr=0.3).get_config())

@@ -14,8 +14,6 @@ import functools
 
 import numpy as np
 import pytest
-
-import resnet
 from helpers import (
     CHAPTER_BLOCK_CASES,
     GOLDEN_CASES,
@@ -32,6 +30,8 @@ from helpers import (
     section,
     tolerance,
 )
+
+import resnet
 from resnet import specs
 from resnet.reference import Reference, reference_weights
 
@@ -154,7 +154,7 @@ def test_resnet18_sgd_step_matches_reference(rn, resnet18_case):
 # ----------------------------------------------------------------------------- the family's full models
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_run(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Weights, a 2x3x32x32 input and the reference's inference output for the family's model ``name``.
 

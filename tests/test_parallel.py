@@ -30,7 +30,6 @@ TIMEOUT = 600
 sys.path.insert(0, str(STEPS_SCRIPT.parent))
 import parallel_steps  # noqa: E402  (the steps' settings: ARCH, SHAPE, LR, batches)
 
-
 # --- the plan, framework-free ---------------------------------------------------------------------------
 
 
@@ -66,7 +65,13 @@ def test_bad_plans_are_refused_clearly():
 
 
 def test_plans_from_the_launchers_environment():
-    torchrun = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    torchrun = {
+        "WORLD_SIZE": "4",
+        "RANK": "3",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29400",
+    }
     assert plan_from_environment("torch", env=torchrun) == Plan(1, 4, 3, False, "10.0.0.1:29400")
     with pytest.raises(ValueError, match="--nproc_per_node, not --devices"):
         plan_from_environment("torch", devices=8, env=torchrun)
@@ -76,8 +81,11 @@ def test_plans_from_the_launchers_environment():
         plan_from_environment("jax", num_processes=2, process_id=0, env={})
     with pytest.raises(ValueError, match="give each its --process-id"):
         plan_from_environment("jax", coordinator="127.0.0.1:1", num_processes=2, env={})
-    tf_config = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                                          "task": {"type": "worker", "index": 1}})}
+    tf_config = {
+        "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+        )
+    }
     assert plan_from_environment("tensorflow", env=tf_config) == Plan(1, 2, 1)
     with pytest.raises(ValueError, match="TF_CONFIG must be JSON"):
         plan_from_environment("tensorflow", env={"TF_CONFIG": "{not json"})
@@ -87,7 +95,7 @@ def test_plans_from_the_launchers_environment():
 def test_reference_replica_step_with_one_replica_is_the_plain_step():
     spec = specs.book_resnet(parallel_steps.ARCH, 10)
     weights = reference_weights(spec, parallel_steps.SHAPE)
-    (x, labels), = parallel_steps.batches()[:1]
+    ((x, labels),) = parallel_steps.batches()[:1]
     plain, split = Reference(spec, weights), Reference(spec, weights)
     assert plain.sgd_step(x, labels, 0.1) == split.replica_sgd_step(x, labels, 0.1, [slice(0, len(x))])
     assert all(np.array_equal(plain.weights[k], split.weights[k]) for k in plain.weights)
@@ -112,13 +120,17 @@ def quiet_env(**extra: str) -> dict[str, str]:
 REFERENCE_RTOL = {"mxnet": 2e-7}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def steps(backend: str, devices: int, sync_bn: bool, dtype: str = "float64", **env: str) -> dict[str, np.ndarray]:
     """The losses and final weights of ``parallel_steps.py`` on this host (one process or PyTorch's workers)."""
     out = Path(tempfile.mkdtemp(prefix="parallel-")) / "steps.npz"
     done = subprocess.run(
         [sys.executable, str(STEPS_SCRIPT), backend, str(devices), str(int(sync_bn)), str(out), dtype],
-        capture_output=True, text=True, timeout=TIMEOUT, cwd=tempfile.gettempdir(), env=quiet_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tempfile.gettempdir(),
+        env=quiet_env(**env),
     )
     assert done.returncode == 0, f"{backend} on {devices} devices failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return dict(np.load(out))
@@ -161,14 +173,36 @@ def test_two_replicas_with_sync_bn_follow_one_device(backend_name):
 def test_two_replicas_with_per_replica_bn_follow_the_reference_per_half(backend_name):
     """Per-replica BatchNorm: each half batch normalized by its own statistics, as the reference does it."""
     two = steps(backend_name, 2, False)
-    assert_same_run(two, reference_steps(2), REFERENCE_RTOL.get(backend_name, 1e-8),
-                    "2 replicas, BatchNorm per replica, against the reference")
+    assert_same_run(
+        two,
+        reference_steps(2),
+        REFERENCE_RTOL.get(backend_name, 1e-8),
+        "2 replicas, BatchNorm per replica, against the reference",
+    )
     assert not np.allclose(two["losses"][1:], steps(backend_name, 1, False)["losses"][1:], rtol=1e-6)
 
 
 def train_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "resnet", "train", "--dataset", "digits", "--resize", "16", "--batch-size", "64",
-            "--lr", "0.05", "--devices", "2", "--no-progress", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "resnet",
+        "train",
+        "--dataset",
+        "digits",
+        "--resize",
+        "16",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--devices",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # several processes; run in CI too
@@ -177,12 +211,19 @@ def test_killed_data_parallel_run_resumes_to_the_same_result(backend_name, tmp_p
     checkpoint then loads into a one-device model with the same validation accuracy."""
     env = quiet_env(RESNET_BACKEND=backend_name)
     whole = tmp_path / "whole"
-    done = subprocess.run(train_command(whole, "--epochs", "2"), capture_output=True, text=True, timeout=TIMEOUT,
-                          cwd=tmp_path, env=env)
+    done = subprocess.run(
+        train_command(whole, "--epochs", "2"), capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr[-6000:]
     cut = tmp_path / "cut"
-    run = subprocess.Popen(train_command(cut, "--epochs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           cwd=tmp_path, env=env, start_new_session=True)
+    run = subprocess.Popen(
+        train_command(cut, "--epochs", "2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + TIMEOUT
     try:
         while not (cut / "metrics.csv").is_file() and run.poll() is None and time.monotonic() < deadline:
@@ -192,8 +233,14 @@ def test_killed_data_parallel_run_resumes_to_the_same_result(backend_name, tmp_p
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)  # our own run and the workers it started, nothing else
         run.wait(timeout=60)
-    resumed = subprocess.run(train_command(cut, "--epochs", "2", "--resume"), capture_output=True, text=True,
-                             timeout=TIMEOUT, cwd=tmp_path, env=env)
+    resumed = subprocess.run(
+        train_command(cut, "--epochs", "2", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+    )
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     from resnet.weights import read_weights
 
@@ -206,7 +253,11 @@ def test_killed_data_parallel_run_resumes_to_the_same_result(backend_name, tmp_p
     accuracy = float(metrics[-1][metrics[0].index("val_acc")])
     check = subprocess.run(
         [sys.executable, "-c", ONE_DEVICE_ACCURACY, backend_name, str(whole / "last.safetensors")],
-        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
     )
     assert check.returncode == 0, check.stderr[-6000:]
     assert abs(float(check.stdout.split()[-1]) - accuracy) <= 1e-6
@@ -231,21 +282,38 @@ def multi_process_environments(backend: str, port: int) -> list[dict[str, str]]:
     on two hosts of one process, JAX's coordinator variables, TensorFlow's TF_CONFIG, MXNet's DMLC variables
     (its 'dist_sync' kvstore also needs a scheduler and a server: ``mxnet_parameter_server``)."""
     if backend == "torch":
-        return [{"WORLD_SIZE": "2", "RANK": str(i), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} for i in range(2)]
+        return [
+            {
+                "WORLD_SIZE": "2",
+                "RANK": str(i),
+                "LOCAL_RANK": "0",
+                "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+            for i in range(2)
+        ]
     if backend == "jax":
-        return [{"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
-                for i in range(2)]
+        return [
+            {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
+            for i in range(2)
+        ]
     if backend == "tensorflow":
         workers = [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"]
-        return [{"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}
-                for i in range(2)]
+        return [
+            {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}
+            for i in range(2)
+        ]
     return [{**MXNET_DIST(port), "DMLC_ROLE": "worker"} for _ in range(2)]
 
 
 def MXNET_DIST(port: int) -> dict[str, str]:  # noqa: N802 (a table, as the others)
-    return {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_SERVER": "1",
-            "DMLC_NUM_WORKER": "2"}
+    return {
+        "DMLC_PS_ROOT_URI": "127.0.0.1",
+        "DMLC_PS_ROOT_PORT": str(port),
+        "DMLC_NUM_SERVER": "1",
+        "DMLC_NUM_WORKER": "2",
+    }
 
 
 def two_processes(backend: str, cwd: Path, command: list[str]) -> list[tuple[int, str, str]]:
@@ -255,12 +323,19 @@ def two_processes(backend: str, cwd: Path, command: list[str]) -> list[tuple[int
     helpers: list[subprocess.Popen] = []
     if backend == "mxnet":  # the parameter server's scheduler and server, as MXNet's launcher starts them
         for role in ("scheduler", "server"):
-            helpers.append(subprocess.Popen([sys.executable, "-c", "import mxnet"], cwd=cwd,
-                                            env=quiet_env(**MXNET_DIST(port), DMLC_ROLE=role),
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            helpers.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", "import mxnet"],
+                    cwd=cwd,
+                    env=quiet_env(**MXNET_DIST(port), DMLC_ROLE=role),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
     workers = [
-        subprocess.Popen(command, cwd=cwd, env=quiet_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            command, cwd=cwd, env=quiet_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for extra in multi_process_environments(backend, port)
     ]
     try:
@@ -277,8 +352,9 @@ def two_processes(backend: str, cwd: Path, command: list[str]) -> list[tuple[int
 def test_two_processes_follow_the_reference_per_half(backend_name, tmp_path):
     """Two processes of one replica each, started as each framework's launcher starts them, on 127.0.0.1."""
     out = tmp_path / "steps.npz"
-    for code, stdout, stderr in two_processes(backend_name, tmp_path,
-                                              [sys.executable, str(STEPS_SCRIPT), backend_name, "1", "0", str(out)]):
+    for code, stdout, stderr in two_processes(
+        backend_name, tmp_path, [sys.executable, str(STEPS_SCRIPT), backend_name, "1", "0", str(out)]
+    ):
         assert code == 0, f"a {backend_name} process failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     # MXNet's 'dist_sync' parameter server: here every run gives 1.2e-9 on the losses and 1.4e-7 on the
     # statistics, but one CI run gave 4.7e-8 on the first loss and 2.0e-7 on b1.bn.running_var, as if a weight had
@@ -312,8 +388,14 @@ def test_processes_with_different_settings_are_refused(backend_name, tmp_path):
 
 
 def test_more_devices_than_exist_is_a_clear_error(backend_name, tmp_path):
-    done = subprocess.run(train_command(tmp_path / "run", "--epochs", "1", "--devices", "64"), capture_output=True,
-                          text=True, timeout=TIMEOUT, cwd=tmp_path, env=quiet_env(RESNET_BACKEND=backend_name))
+    done = subprocess.run(
+        train_command(tmp_path / "run", "--epochs", "1", "--devices", "64"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=quiet_env(RESNET_BACKEND=backend_name),
+    )
     assert done.returncode == 2, done.stderr[-6000:]
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("resnet: error:") and "64" in message and "Traceback" not in done.stderr, done.stderr

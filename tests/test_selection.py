@@ -10,9 +10,9 @@ import tempfile
 import textwrap
 
 import pytest
+from helpers import FOUND
 
 import resnet
-from helpers import FOUND
 from resnet import selection
 from resnet.selection import BACKENDS
 
@@ -26,7 +26,11 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "RESNET_BACKEND"}
     environment.update(env)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=300,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
         cwd=tempfile.gettempdir(),
     )
 
@@ -53,12 +57,13 @@ def test_using_one_backend_imports_no_other(backend_name):
     baseline = run_python("; ".join(f"import {m}" for m in own) + "\n" + report)
     assert baseline.returncode == 0, baseline.stderr
     result = run_python(
-        f"""
+        """
         import resnet
         model = resnet.Residual(3)
         assert resnet.output_shape(model, (1, 3, 4, 4)) == (1, 3, 4, 4)
         print(resnet.backend())
-        """ + report,
+        """
+        + report,
         RESNET_BACKEND=backend_name.upper(),
     )
     assert result.returncode == 0, result.stderr
@@ -82,8 +87,14 @@ def test_direct_backend_import_needs_no_environment(backend_name):
 
 @pytest.mark.parametrize(
     "alias, canonical",
-    [("PyTorch", "torch"), ("tf", "tensorflow"), ("Keras", "tensorflow"), ("FLAX", "jax"), ("gluon", "mxnet"),
-     (" jax ", "jax")],
+    [
+        ("PyTorch", "torch"),
+        ("tf", "tensorflow"),
+        ("Keras", "tensorflow"),
+        ("FLAX", "jax"),
+        ("gluon", "mxnet"),
+        (" jax ", "jax"),
+    ],
 )
 def test_aliases(alias, canonical):
     assert selection.canonical_backend_name(alias) == canonical
@@ -129,8 +140,15 @@ def test_missing_or_broken_framework_is_backend_unavailable(name, fresh_selectio
     real_import = builtins.__import__
 
     def failing_import(module, *args, **kwargs):
-        if module.split(".")[0] in {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"),
-                                    "jax": ("jax", "flax", "optax"), "mxnet": ("mxnet",)}[name]:
+        if (
+            module.split(".")[0]
+            in {
+                "torch": ("torch",),
+                "tensorflow": ("tensorflow", "keras"),
+                "jax": ("jax", "flax", "optax"),
+                "mxnet": ("mxnet",),
+            }[name]
+        ):
             raise AttributeError("module 'numpy' has no attribute 'bool'")
         return real_import(module, *args, **kwargs)
 

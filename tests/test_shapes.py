@@ -21,7 +21,9 @@ CHAPTER_BLOCKS = [
     ),
     pytest.param(lambda rn: rn.ResNeXtBlock(32, 16, 1), (4, 32, 96, 96), (4, 32, 96, 96), id="ResNeXtBlock(32,16,1)"),
     pytest.param(
-        lambda rn: rn.ResNeXtBlock(64, 16, 0.5, use_1x1conv=True, strides=2), (2, 32, 96, 96), (2, 64, 48, 48),
+        lambda rn: rn.ResNeXtBlock(64, 16, 0.5, use_1x1conv=True, strides=2),
+        (2, 32, 96, 96),
+        (2, 64, 48, 48),
         id="ResNeXtBlock(64,16,0.5,1x1,s2)",
     ),
 ]
@@ -62,8 +64,14 @@ def test_resnet18_num_params_book_value(rn):
 
 #: The multi-GPU section's ResNet-18 at (1, 1, 96, 96), NCHW: without the stem's stride and max pooling, b1 and b2
 #: keep the input's 96x96 (the chapter's ResNet-18 has 24x24 there) and b5 is 12x12.
-MULTIGPU_SUMMARY = [("b1", (1, 64, 96, 96)), ("b2", (1, 64, 96, 96)), ("b3", (1, 128, 48, 48)),
-                    ("b4", (1, 256, 24, 24)), ("b5", (1, 512, 12, 12)), ("last", (1, 10))]
+MULTIGPU_SUMMARY = [
+    ("b1", (1, 64, 96, 96)),
+    ("b2", (1, 64, 96, 96)),
+    ("b3", (1, 128, 48, 48)),
+    ("b4", (1, 256, 24, 24)),
+    ("b5", (1, 512, 12, 12)),
+    ("last", (1, 10)),
+]
 
 
 class _RecordingReference(Reference):
@@ -193,9 +201,13 @@ def test_resnext_bad_arguments(rn, args, message):
 
 @pytest.mark.parametrize(
     "args, message",
-    [((0,), "num_channels must be a positive integer"), ((3.5,), "num_channels"), ((8, True, (2, 1)), "pair of equal"),
-     ((float("inf"),), "num_channels must be a positive integer, got inf"),
-     ((2**31,), "num_channels must be a positive integer of at most 2147483647 .2..31 - 1., got 2147483648")],
+    [
+        ((0,), "num_channels must be a positive integer"),
+        ((3.5,), "num_channels"),
+        ((8, True, (2, 1)), "pair of equal"),
+        ((float("inf"),), "num_channels must be a positive integer, got inf"),
+        ((2**31,), "num_channels must be a positive integer of at most 2147483647 .2..31 - 1., got 2147483648"),
+    ],
 )
 def test_residual_bad_arguments(rn, args, message):
     with pytest.raises(ValueError, match=message):

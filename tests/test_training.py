@@ -24,8 +24,15 @@ QUICK = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
 
 def subset(dataset: Dataset, n_train: int, n_val: int) -> Dataset:
     """The first ``n_train`` training and ``n_val`` validation images of ``dataset``."""
-    return Dataset(dataset.name, dataset.train_images[:n_train], dataset.train_labels[:n_train],
-                   dataset.val_images[:n_val], dataset.val_labels[:n_val], dataset.classes, dataset.note)
+    return Dataset(
+        dataset.name,
+        dataset.train_images[:n_train],
+        dataset.train_labels[:n_train],
+        dataset.val_images[:n_val],
+        dataset.val_labels[:n_val],
+        dataset.classes,
+        dataset.note,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +83,7 @@ def test_first_20_steps_match_reference_in_float64(rn, reference_run, tmp_path):
     data, steps = reference_run
     write_weights(steps[0][2], tmp_path / "init.safetensors", {})
     model = rn.ResNet18(dtype="float64")
-    history = fit(model, data, FIRST_STEPS, init=tmp_path / "init.safetensors", progress=False,
-                  log=lambda line: None)
+    history = fit(model, data, FIRST_STEPS, init=tmp_path / "init.safetensors", progress=False, log=lambda line: None)
     assert len(history.step_losses) == len(steps) == 20
     np.testing.assert_allclose(history.step_losses, [loss for *_, loss, _ in steps], rtol=1e-7)
     final, expected = rn.get_arrays(model), steps[-1][4]
@@ -98,8 +104,9 @@ def test_first_steps_match_reference(rn, reference_run, tmp_path):
     """
     data, steps = reference_run
     write_weights(steps[0][2], tmp_path / "init.safetensors", {})
-    history = fit(rn.ResNet18(), data, FIRST_STEPS, init=tmp_path / "init.safetensors", progress=False,
-                  log=lambda line: None)
+    history = fit(
+        rn.ResNet18(), data, FIRST_STEPS, init=tmp_path / "init.safetensors", progress=False, log=lambda line: None
+    )
     np.testing.assert_allclose(history.step_losses[:3], [loss for *_, loss, _ in steps[:3]], rtol=1e-4)
 
     model = rn.ResNet18()
@@ -154,16 +161,44 @@ def test_resume_refuses_another_model(rn, digits, tmp_path):
     data = subset(digits, 64, 32)
     fit(rn.ResNet18(), data, TrainConfig(1, 32, 0.05, 16), tmp_path, progress=False, log=lambda line: None)
     with pytest.raises(ValueError, match="saved from a different model"):
-        fit(rn.ResNet(((1, 64), (1, 128))), data, TrainConfig(2, 32, 0.05, 16), tmp_path, resume=True,
-            progress=False, log=lambda line: None)
+        fit(
+            rn.ResNet(((1, 64), (1, 128))),
+            data,
+            TrainConfig(2, 32, 0.05, 16),
+            tmp_path,
+            resume=True,
+            progress=False,
+            log=lambda line: None,
+        )
     with pytest.raises(ValueError, match="other settings .*lr: 0.05 -> 0.1"):
-        fit(rn.ResNet18(), data, TrainConfig(2, 32, 0.1, 16), tmp_path, resume=True, progress=False,
-            log=lambda line: None)
+        fit(
+            rn.ResNet18(),
+            data,
+            TrainConfig(2, 32, 0.1, 16),
+            tmp_path,
+            resume=True,
+            progress=False,
+            log=lambda line: None,
+        )
     with pytest.raises(ValueError, match="other settings .*lr: 0.05 -> 0.1"):  # the model's own lr, the book's 0.1
-        fit(rn.ResNet18(), data, TrainConfig(2, 32, None, 16), tmp_path, resume=True, progress=False,
-            log=lambda line: None)
-    resumed = fit(rn.ResNet18(lr=0.05), data, TrainConfig(2, 32, None, 16), tmp_path, resume=True, progress=False,
-                  log=lambda line: None)  # the same lr, kept by the model
+        fit(
+            rn.ResNet18(),
+            data,
+            TrainConfig(2, 32, None, 16),
+            tmp_path,
+            resume=True,
+            progress=False,
+            log=lambda line: None,
+        )
+    resumed = fit(
+        rn.ResNet18(lr=0.05),
+        data,
+        TrainConfig(2, 32, None, 16),
+        tmp_path,
+        resume=True,
+        progress=False,
+        log=lambda line: None,
+    )  # the same lr, kept by the model
     assert [row["epoch"] for row in resumed.rows] == [1, 2]
 
 
@@ -172,12 +207,15 @@ def test_lr_none_trains_with_the_models_own(rn, digits, tmp_path):
     ``TrainConfig(lr=0.05)`` does, and run.json records the learning rate used, with typed values."""
     data = subset(digits, 128, 32)
     logged = []
-    own = fit(rn.ResNet18(lr=0.05), data, TrainConfig(1, 64, None, 16), tmp_path / "own", progress=False,
-              log=logged.append)
-    given = fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 16), tmp_path / "given", progress=False,
-                log=lambda line: None)
-    default = fit(rn.ResNet18(), data, TrainConfig(1, 64, None, 16), tmp_path / "default", progress=False,
-                  log=lambda line: None)
+    own = fit(
+        rn.ResNet18(lr=0.05), data, TrainConfig(1, 64, None, 16), tmp_path / "own", progress=False, log=logged.append
+    )
+    given = fit(
+        rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 16), tmp_path / "given", progress=False, log=lambda line: None
+    )
+    default = fit(
+        rn.ResNet18(), data, TrainConfig(1, 64, None, 16), tmp_path / "default", progress=False, log=lambda line: None
+    )
     np.testing.assert_allclose(own.step_losses, given.step_losses, rtol=1e-6)
     assert own.step_losses[0] == pytest.approx(default.step_losses[0], rel=1e-6)  # the same start
     assert abs(own.step_losses[1] - default.step_losses[1]) > 1e-4  # a step of 0.05, not the book's 0.1
@@ -198,9 +236,19 @@ def test_train_config_checks_lr():
 
 @pytest.mark.parametrize(
     "saved, value, same",
-    [("0.05", 0.05, True), ("1", 1.0, True), ("0.1", 0.05, False), ("16", 16, True), ("None", None, True),
-     ("16", None, False), ("False", False, True), ("True", False, False), ("float32", "float32", True),
-     (None, 0.05, False), ("abc", 0.05, False)],
+    [
+        ("0.05", 0.05, True),
+        ("1", 1.0, True),
+        ("0.1", 0.05, False),
+        ("16", 16, True),
+        ("None", None, True),
+        ("16", None, False),
+        ("False", False, True),
+        ("True", False, False),
+        ("float32", "float32", True),
+        (None, 0.05, False),
+        ("abc", 0.05, False),
+    ],
 )
 def test_checkpoint_settings_compare_as_values(saved, value, same):
     """A checkpoint's header holds its settings as text (old and new alike): they compare with the run's
@@ -209,8 +257,10 @@ def test_checkpoint_settings_compare_as_values(saved, value, same):
 
 
 def test_offline_note_is_logged_and_stored_whole(rn, digits, tmp_path):
-    details = ("train-images-idx3-ubyte.gz: http://x/train-images-idx3-ubyte.gz failed (refused)",
-               "Put the four files ... into /data/fashion-mnist")
+    details = (
+        "train-images-idx3-ubyte.gz: http://x/train-images-idx3-ubyte.gz failed (refused)",
+        "Put the four files ... into /data/fashion-mnist",
+    )
     data = Dataset(**{**subset(digits, 64, 32).__dict__, "note": "WARNING: offline", "details": details})
     logged = []
     fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 8), tmp_path, progress=False, log=logged.append)
@@ -252,5 +302,6 @@ def test_checkpoint_from_before_a_setting_existed_resumes(rn, digits, tmp_path):
     assert [row["epoch"] for row in history.rows] == [1, 2]
     write_weights(arrays, tmp_path / "last.safetensors", {**old_header, "epoch": "1"})
     with pytest.raises(ValueError, match=r"other settings \(dtype: float32 -> float64\)"):
-        fit(rn.ResNet18(dtype="float64"), data, two_epochs, tmp_path, resume=True, progress=False,
-            log=lambda line: None)
+        fit(
+            rn.ResNet18(dtype="float64"), data, two_epochs, tmp_path, resume=True, progress=False, log=lambda line: None
+        )

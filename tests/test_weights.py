@@ -15,9 +15,6 @@ import zipfile
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
-import resnet
 from helpers import (
     CHAPTER_CASES,
     FAMILY_BLOCK_CASES,
@@ -31,6 +28,9 @@ from helpers import (
     section,
     tolerance,
 )
+from safetensors.numpy import save_file
+
+import resnet
 from resnet import specs
 from resnet.reference import Reference, reference_weights
 from resnet.shapes import tensor_infos
@@ -43,7 +43,6 @@ from resnet.weights import (
     read_weights,
     write_weights,
 )
-
 
 #: The family's blocks with a projection shortcut, whose tensors torchvision names ``downsample.conv`` and
 #: ``downsample.bn``.
@@ -117,8 +116,11 @@ def test_wrong_dtype_is_refused_naming_the_tensors(rn, tmp_path, dtype, built):
     arrays = rn.get_arrays(source)
     path = tmp_path / f"{dtype}.safetensors"
     odd = {"conv1.weight", "bn2.running_var"}
-    save_file({k: v.astype(dtype) if k in odd else v for k, v in arrays.items()}, str(path),
-              metadata={"format": "resnet.neutral/1"})
+    save_file(
+        {k: v.astype(dtype) if k in odd else v for k, v in arrays.items()},
+        str(path),
+        metadata={"format": "resnet.neutral/1"},
+    )
     model = rn.Residual(3)
     if built:
         resnet.output_shape(model, (1, 3, 4, 4))
@@ -178,13 +180,19 @@ _GOOD = _safetensors_bytes(
 #: Files that are not readable weights files, and what the error must say each is.
 UNREADABLE_FILES = {
     "empty": (b"", r"is empty \(0 bytes\).*copy or save it again"),
-    "truncated-data": (_GOOD[:-5], r"truncated: its header declares a file of 134 bytes, but it has only 129 \(5 missing"),
+    "truncated-data": (
+        _GOOD[:-5],
+        r"truncated: its header declares a file of 134 bytes, but it has only 129 \(5 missing",
+    ),
     "truncated-header": (_GOOD[:30], r"truncated: its header declares 110 header bytes, but the file has only 22"),
     "too-short": (_GOOD[:5], r"5 bytes long, too short for a safetensors header"),
     "random": (np.random.default_rng(0).bytes(300), r"not a safetensors file \(random bytes or another format"),
     "pickle": (pickle.dumps({"conv1.weight": [0.0]}, protocol=2), "a pickle/PyTorch .pt file renamed .safetensors"),
-    "torch-zip": (_zip_bytes(), r"a pickle/PyTorch \.pt file renamed \.safetensors: this package never unpickles.*"
-                                r"convert it with safetensors: save_file"),
+    "torch-zip": (
+        _zip_bytes(),
+        r"a pickle/PyTorch \.pt file renamed \.safetensors: this package never unpickles.*"
+        r"convert it with safetensors: save_file",
+    ),
 }
 
 
@@ -195,8 +203,9 @@ def test_unreadable_file_says_what_it_is(rn, tmp_path, kind):
     path = tmp_path / "w.safetensors"
     path.write_bytes(content)
     model = rn.Residual(3)
-    with pytest.raises(WeightsFileError, match=f"'{re.escape(str(path))}' is not a readable safetensors weights "
-                                               f"file: it .*{message}"):
+    with pytest.raises(
+        WeightsFileError, match=f"'{re.escape(str(path))}' is not a readable safetensors weights file: it .*{message}"
+    ):
         resnet.load_weights(model, path)
     assert not rn.is_built(model)
     assert path.read_bytes() == content and os.listdir(tmp_path) == ["w.safetensors"]
@@ -206,12 +215,17 @@ def test_bfloat16_file_is_refused(rn, tmp_path):
     """NumPy alone cannot hold bfloat16, so read_weights names the tensors it cannot read; where TensorFlow or JAX
     registered the dtype (ml_dtypes), the file reads and load_weights refuses the dtype. Either way it never loads."""
     path = tmp_path / "bf16.safetensors"
-    header = {"__metadata__": {"format": "resnet.neutral/1"},
-              "conv1.weight": {"dtype": "BF16", "shape": [3, 3, 3, 3], "data_offsets": [0, 162]}}
+    header = {
+        "__metadata__": {"format": "resnet.neutral/1"},
+        "conv1.weight": {"dtype": "BF16", "shape": [3, 3, 3, 3], "data_offsets": [0, 162]},
+    }
     path.write_bytes(_safetensors_bytes(header, bytes(162)))
     model = rn.Residual(3)
-    with pytest.raises(ValueError, match=r"dtypes NumPy cannot represent \(conv1.weight: BF16\); weights files hold "
-                                         r"float32 or float64|wrong dtype \(1\): conv1.weight: bfloat16"):
+    with pytest.raises(
+        ValueError,
+        match=r"dtypes NumPy cannot represent \(conv1.weight: BF16\); weights files hold "
+        r"float32 or float64|wrong dtype \(1\): conv1.weight: bfloat16",
+    ):
         resnet.load_weights(model, path)
     assert not rn.is_built(model)
 
@@ -221,8 +235,11 @@ def test_missing_file_and_directory_are_named(rn, tmp_path):
         resnet.load_weights(rn.Residual(3), tmp_path / "absent.safetensors")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.safetensors").write_bytes(b"")
-    with pytest.raises(IsADirectoryError, match=f"'{re.escape(str(tmp_path / 'run'))}' is a directory, not a weights "
-                                                "file; it holds last.safetensors. Give the path of a .safetensors"):
+    with pytest.raises(
+        IsADirectoryError,
+        match=f"'{re.escape(str(tmp_path / 'run'))}' is a directory, not a weights "
+        "file; it holds last.safetensors. Give the path of a .safetensors",
+    ):
         resnet.load_weights(rn.Residual(3), tmp_path / "run")
 
 
@@ -230,12 +247,13 @@ def test_save_into_a_directory_or_under_a_file_is_refused(rn, tmp_path):
     """Refused up front, naming the path given (not a temporary file), and nothing is written."""
     model = rn.Residual(3)
     resnet.output_shape(model, (1, 3, 4, 4))
-    with pytest.raises(IsADirectoryError, match=f"cannot save weights to '{re.escape(str(tmp_path))}': it is a "
-                                                "directory. Give a file path, e.g."):
+    with pytest.raises(
+        IsADirectoryError,
+        match=f"cannot save weights to '{re.escape(str(tmp_path))}': it is a directory. Give a file path, e.g.",
+    ):
         resnet.save_weights(model, tmp_path)
     (tmp_path / "notes").write_text("a file")
-    with pytest.raises(NotADirectoryError, match=f"'{re.escape(str(tmp_path / 'notes'))}' is a file, not a "
-                                                 "directory"):
+    with pytest.raises(NotADirectoryError, match=f"'{re.escape(str(tmp_path / 'notes'))}' is a file, not a directory"):
         resnet.save_weights(model, tmp_path / "notes" / "deeper" / "w.safetensors")
     assert os.listdir(tmp_path) == ["notes"] and (tmp_path / "notes").read_text() == "a file"
 
@@ -253,13 +271,19 @@ def _residual_file(rn, tmp_path, channels: int = 3, change=None) -> str:
 
 
 MISFITS = {
-    "misshapen": (lambda a: a.update({"conv2.weight": np.zeros((3, 3, 1, 1), np.float32)}),
-                  r"misshapen \(1\): conv2.weight: file \(3, 3, 1, 1\) float32, model \(3, 3, 3, 3\) float32"),
+    "misshapen": (
+        lambda a: a.update({"conv2.weight": np.zeros((3, 3, 1, 1), np.float32)}),
+        r"misshapen \(1\): conv2.weight: file \(3, 3, 1, 1\) float32, model \(3, 3, 3, 3\) float32",
+    ),
     "first-kernel-missing": (lambda a: a.pop("conv1.weight"), r"missing \(1\): conv1.weight"),
-    "channels-unfit": (lambda a: a.update({"conv1.weight": np.zeros((3, 2, 3, 3), np.float32)}),
-                       "saved for 2 input channels .its conv1.weight., and this Residual has an identity shortcut"),
-    "nan": (lambda a: a["bn1.running_var"].__setitem__(slice(0, 2), np.nan),
-            r"was not loaded: 1 of its 12 tensors hold NaN or inf \(bn1.running_var: 2 NaN\)"),
+    "channels-unfit": (
+        lambda a: a.update({"conv1.weight": np.zeros((3, 2, 3, 3), np.float32)}),
+        "saved for 2 input channels .its conv1.weight., and this Residual has an identity shortcut",
+    ),
+    "nan": (
+        lambda a: a["bn1.running_var"].__setitem__(slice(0, 2), np.nan),
+        r"was not loaded: 1 of its 12 tensors hold NaN or inf \(bn1.running_var: 2 NaN\)",
+    ),
 }
 
 
@@ -284,8 +308,10 @@ def test_family_model_refuses_a_file_for_other_input_channels_unbuilt(rn, tmp_pa
     path = tmp_path / "one-channel.safetensors"
     write_weights(arrays, path, {})
     model = case.make(rn)
-    with pytest.raises(resnet.WeightsMismatchError, match="saved for 1 input channels .its b1.conv.weight., and "
-                                                          "this model was built for 3 input channels"):
+    with pytest.raises(
+        resnet.WeightsMismatchError,
+        match="saved for 1 input channels .its b1.conv.weight., and this model was built for 3 input channels",
+    ):
         resnet.load_weights(model, path)
     assert not rn.is_built(model)
 
@@ -294,6 +320,7 @@ def test_family_model_refuses_a_file_for_other_input_channels_unbuilt(rn, tmp_pa
 def test_non_finite_weights_are_refused_and_the_model_unchanged(rn, tmp_path, value, counts):
     """A diverged checkpoint never loads: the tensors are named with their counts. read_weights reads it still
     (resume code inspects it), and check_finite is the check training calls."""
+
     def poison(arrays):
         arrays["conv1.weight"].reshape(-1)[:3] = value
         arrays["bn2.bias"][0] = np.nan
@@ -323,9 +350,12 @@ def test_header_model_description(rn, tmp_path):
     assert model_description(header, "'saved'") == repr(model.spec)
     write_weights(rn.get_arrays(model), tmp_path / "bare.safetensors", {"backend": "other"})
     _, header = read_weights(tmp_path / "bare.safetensors")
-    with pytest.raises(NoModelDescriptionError, match="'bare' has no model description in its header .it was not "
-                                                      "written by resnet.save_weights/resnet train; its header "
-                                                      "holds backend, format."):
+    with pytest.raises(
+        NoModelDescriptionError,
+        match="'bare' has no model description in its header .it was not "
+        "written by resnet.save_weights/resnet train; its header "
+        "holds backend, format.",
+    ):
         model_description(header, "'bare'")
 
 
@@ -357,10 +387,21 @@ CROSS_BACKEND_CASES = [SMALL_RESNET, SMALL_FAMILY_MODELS[1]]
 
 @pytest.mark.parametrize(
     "source, target, case",
-    [pytest.param(source, target, case, id=f"{source}-{target}-{case.name}")
-     for source, target in itertools.permutations(INSTALLED, 2) for case in CROSS_BACKEND_CASES]
-    or [pytest.param(None, None, None, marks=pytest.mark.skip(
-        reason="one backend in this environment: cross-backend loading is proven through the golden files"))],
+    [
+        pytest.param(source, target, case, id=f"{source}-{target}-{case.name}")
+        for source, target in itertools.permutations(INSTALLED, 2)
+        for case in CROSS_BACKEND_CASES
+    ]
+    or [
+        pytest.param(
+            None,
+            None,
+            None,
+            marks=pytest.mark.skip(
+                reason="one backend in this environment: cross-backend loading is proven through the golden files"
+            ),
+        )
+    ],
 )
 def test_save_in_one_backend_load_in_another(source, target, case, tmp_path):
     """A file saved in one backend loads into another, which then computes what the first computes and what the

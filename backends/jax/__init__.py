@@ -10,6 +10,7 @@ registry beside each model object (``hooks``): ``variables(model)`` returns ``{'
 from __future__ import annotations
 
 from resnet.backends.jax import blocks, hooks, models, parallel, train
+
 from resnet.contract import export
 
 __all__ = export(globals(), blocks, models, hooks, train, parallel)

@@ -7,9 +7,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from resnet.backends.jax.layers import Shortcut, make_layer
 
 from resnet import specs
-from resnet.backends.jax.layers import Shortcut, make_layer
 from resnet.docs import CLASS_DOCS, FLAX_TRAINING_FIELD
 from resnet.specs import BlockSpec
 from resnet.walk import attach_layers

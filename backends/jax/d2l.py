@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-
-from resnet import d2l as book
-from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
-from resnet.backends.jax.blocks import ResNeXtBlock, Residual
+from resnet.backends.jax.blocks import Residual, ResNeXtBlock
 from resnet.backends.jax.hooks import Variables, to_native
 from resnet.backends.jax.models import ResNet, ResNet18
+
+from resnet import d2l as book
 from resnet.contract import declared
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 
 __all__ = [
     "DataModule", "FashionMNIST", "HyperParameters", "Trainer", "add_to_class",
@@ -131,7 +132,9 @@ def to_batch(x: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
     return to_native(x), jnp.asarray(labels, jnp.int32)
 
 
-def train_and_predict(model: nn.Module, accelerator: bool) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
+def train_and_predict(
+    model: nn.Module, accelerator: bool
+) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
     """``Trainer.fit``'s train step and predict function for ``model`` (on a GPU when ``accelerator`` and one
     is seen): this package's own, or for a book model its ``training_step`` and ``configure_optimizers``."""
     if not isinstance(model, Module):

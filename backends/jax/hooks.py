@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-
 from resnet.backends.jax.models import ResNet
+
 from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.init import initial_weights
 from resnet.layouts import array_to_native, array_to_nchw, weight_to_canonical, weight_to_native

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,12 @@ from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
-    "BatchNorm", "CpuConvGeneralDilated", "Shortcut", "block_diagonal_kernel", "make_layer", "synchronised_batch_norm",
+    "BatchNorm",
+    "CpuConvGeneralDilated",
+    "Shortcut",
+    "block_diagonal_kernel",
+    "make_layer",
+    "synchronised_batch_norm",
 ]
 
 _BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-
-from resnet import api, specs
 from resnet.backends.jax import blocks
 from resnet.backends.jax.blocks import hashable
 from resnet.backends.jax.layers import make_layer
+
+from resnet import api, specs
 from resnet.contract import declared
 from resnet.docs import CLASS_DOCS, FLAX_TRAINING_FIELD
 from resnet.specs import BlockSpec, HeadSpec, ModelSpec, StemSpec
@@ -137,9 +137,7 @@ model turns on for the process (``jax_enable_x64``: JAX has no per-array switch)
         return Stem(self.spec.stem, self.training, name=name)
 
     @nn.nowrap
-    def block(
-        self, num_residuals: int, num_channels: int, first_block: bool = False, name: str | None = None
-    ) -> Stage:
+    def block(self, num_residuals: int, num_channels: int, first_block: bool = False, name: str | None = None) -> Stage:
         """A stage of ``num_residuals`` blocks; all but the first stage start by halving height and width
         (``name``: the Flax name, which the model gives its parts)."""
         return Stage(specs.book_stage(num_residuals, num_channels, first_block), self.training, name=name)

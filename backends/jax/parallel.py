@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,10 +31,10 @@ import optax
 from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
 from resnet.backends.jax.hooks import LAYOUT, dtype_of, set_variables, variables
 from resnet.backends.jax.layers import synchronised_batch_norm
 from resnet.backends.jax.train import _in_bfloat16, _sgd_step, _static
+
 from resnet.contract import PARALLEL_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 from resnet.layouts import array_to_native
 from resnet.parallel import Plan
@@ -101,7 +102,9 @@ def _join(plan: Plan) -> None:
     host = plan.coordinator.rpartition(":")[0]
     try:
         jax.distributed.initialize(
-            plan.coordinator, plan.processes, plan.process_index,
+            plan.coordinator,
+            plan.processes,
+            plan.process_index,
             coordinator_bind_address=plan.coordinator if host in LOOPBACK else None,
         )
     except RuntimeError as error:  # JAX had started; a coordinator that never answers ends the process instead
@@ -242,8 +245,14 @@ def make_parallel_train_step(
                 _global(mesh, SHARDED, plan, batch), _global(mesh, SHARDED, plan, labels), rate, mixed_precision,
             )  # fmt: skip
         else:
-            arguments = (state["params"], state["batch_stats"], _global(mesh, REPLICATED, plan, batch),
-                         _global(mesh, REPLICATED, plan, labels), rate, mixed_precision)
+            arguments = (
+                state["params"],
+                state["batch_stats"],
+                _global(mesh, REPLICATED, plan, batch),
+                _global(mesh, REPLICATED, plan, labels),
+                rate,
+                mixed_precision,
+            )
             if plan.sync_bn:
                 params, batch_stats, loss = _sgd_step(module, *arguments)
             else:
@@ -280,7 +289,8 @@ def _difference(text: str, main: str) -> str:
     try:
         ours, theirs = json.loads(text), json.loads(main)
         keys = [*theirs, *(key for key in ours if key not in theirs)]
-        return ", ".join(f"{key} {ours.get(key)} (process 0: {theirs.get(key)})" for key in keys
-                         if ours.get(key) != theirs.get(key))
+        return ", ".join(
+            f"{key} {ours.get(key)} (process 0: {theirs.get(key)})" for key in keys if ours.get(key) != theirs.get(key)
+        )
     except (ValueError, TypeError, AttributeError):  # not JSON objects
         return text

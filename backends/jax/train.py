@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from resnet.backends.jax.hooks import Variables, build, dtype_of, set_variables, to_native, to_numpy, variables
 
 from resnet import specs
-from resnet.backends.jax.hooks import Variables, build, dtype_of, set_variables, to_native, to_numpy, variables
 from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import mxnet as mx
+from resnet.backends.mxnet.layers import BothSemantics, Shortcut, _relu, check_names, named_layers
 
 from resnet import specs
-from resnet.backends.mxnet.layers import BothSemantics, Shortcut, _relu, check_names, named_layers
 from resnet.docs import CLASS_DOCS
 from resnet.specs import BlockSpec
 from resnet.walk import attach_layers

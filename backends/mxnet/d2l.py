@@ -3,21 +3,22 @@ for this package (``resnet.d2l`` says what is shared and what is not)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
-
-from resnet import d2l as book
-from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
-from resnet.backends.mxnet.blocks import ResNeXtBlock, Residual
+from resnet.backends.mxnet.blocks import Residual, ResNeXtBlock
 from resnet.backends.mxnet.hooks import to_native
 from resnet.backends.mxnet.layers import semantics_of
 from resnet.backends.mxnet.models import ResNet, ResNet18
+
+from resnet import d2l as book
 from resnet.contract import declared
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 
 __all__ = [
     "DataModule", "FashionMNIST", "HyperParameters", "Trainer", "add_to_class",
@@ -107,7 +108,9 @@ def to_batch(x: np.ndarray, labels: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.ND
     return to_native(x), array(np.asarray(labels, np.int32), dtype="int32")
 
 
-def train_and_predict(model: nn.Block, accelerator: bool) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
+def train_and_predict(
+    model: nn.Block, accelerator: bool
+) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
     """``Trainer.fit``'s train step and predict function for ``model`` (on a GPU when ``accelerator`` and one
     is seen): this package's own, or for a book model its ``training_step`` and ``configure_optimizers``."""
     if not isinstance(model, Module):
@@ -131,7 +134,10 @@ def train_and_predict(model: nn.Block, accelerator: bool) -> tuple[Callable[...,
                 trainer = model.configure_optimizers()
             loss.backward()
             trainer.step(1)  # the loss is already the batch's mean
-        value = lambda: float(loss.asnumpy().item())  # waits: MXNet runs asynchronously
+
+        def value() -> float:
+            return float(loss.asnumpy().item())  # waits: MXNet runs asynchronously
+
         return value() if wait else value
 
     def predict(x: np.ndarray) -> np.ndarray:

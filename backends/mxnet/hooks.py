@@ -7,9 +7,9 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
-
 from resnet.backends.mxnet.layers import as_kind, semantics_of
 from resnet.backends.mxnet.models import ResNet
+
 from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec

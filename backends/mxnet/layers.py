@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import mxnet as mx
 import numpy as np
@@ -20,8 +21,19 @@ from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
-    "BatchNorm", "BothSemantics", "ChunkedConv2D", "Shortcut", "SyncBatchNorm", "as_kind", "check_names", "make_layer",
-    "named_layers", "named_sequential", "numpy_semantics", "semantics_of", "synchronised_batch_norm",
+    "BatchNorm",
+    "BothSemantics",
+    "ChunkedConv2D",
+    "Shortcut",
+    "SyncBatchNorm",
+    "as_kind",
+    "check_names",
+    "make_layer",
+    "named_layers",
+    "named_sequential",
+    "numpy_semantics",
+    "semantics_of",
+    "synchronised_batch_norm",
 ]
 
 # ----------------------------------------------------------------------------------- MXNet's two semantics
@@ -229,11 +241,23 @@ def make_layer(layer: LayerSpec, prefix: str | None = None) -> nn.HybridBlock:
         if chunk is not None:
             # Its input size given, not inferred: the dense form hides the weight's shape from Gluon's inference.
             return ChunkedConv2D(
-                layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups,
-                use_bias=layer.bias, in_channels=layer.out_channels, chunk=chunk, prefix=prefix,
+                layer.out_channels,
+                layer.kernel,
+                layer.stride,
+                layer.padding,
+                groups=layer.groups,
+                use_bias=layer.bias,
+                in_channels=layer.out_channels,
+                chunk=chunk,
+                prefix=prefix,
             )
         return nn.Conv2D(
-            layer.out_channels, layer.kernel, layer.stride, layer.padding, groups=layer.groups, use_bias=layer.bias,
+            layer.out_channels,
+            layer.kernel,
+            layer.stride,
+            layer.padding,
+            groups=layer.groups,
+            use_bias=layer.bias,
             prefix=prefix,
         )
     if isinstance(layer, BatchNormSpec):

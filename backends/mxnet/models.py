@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import mxnet as mx
 from mxnet.gluon import nn
-
-from resnet import api, specs
 from resnet.backends.mxnet import blocks
 from resnet.backends.mxnet.layers import BothSemantics, make_layer, named_sequential
+
+from resnet import api, specs
 from resnet.contract import declared
 from resnet.docs import CLASS_DOCS
 from resnet.shapes import model_part_shapes

@@ -20,17 +20,18 @@ import itertools
 import os
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
-
 from resnet.backends.mxnet.hooks import dtype_of, initialize, to_native
 from resnet.backends.mxnet.layers import numpy_semantics, semantics_of, synchronised_batch_norm
 from resnet.backends.mxnet.models import ResNet, make_block
 from resnet.backends.mxnet.train import _scalar
+
 from resnet.contract import PARALLEL_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 from resnet.parallel import Plan
 
@@ -52,8 +53,11 @@ def _contexts(devices: int) -> list[mx.Context]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     have = gpus or cores
     if devices > have:
-        where = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else (
-            f"no GPU and {have} CPU cores, and each CPU context (mx.cpu(i)) gets an engine thread of its own")
+        where = (
+            f"{gpus} GPU{'s' if gpus != 1 else ''}"
+            if gpus
+            else (f"no GPU and {have} CPU cores, and each CPU context (mx.cpu(i)) gets an engine thread of its own")
+        )
         raise ValueError(
             f"--devices {devices}: MXNet sees {where}, so at most {have} replicas in this process; use --devices "
             f"{have} or fewer, a machine with more GPUs (MXNet's CUDA build, mxnet-cuXXX), or several processes "

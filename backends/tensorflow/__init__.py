@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from resnet.backends.tensorflow import blocks, hooks, models, parallel, train
+
 from resnet.contract import export
 
 __all__ = export(globals(), blocks, models, hooks, train, parallel)

@@ -22,8 +22,9 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 
 import keras  # isort: skip
 
-from resnet import specs
 from resnet.backends.tensorflow.layers import Shortcut, check_policy, make_layer, serializable
+
+from resnet import specs
 from resnet.docs import CLASS_DOCS
 from resnet.specs import BatchNormSpec, BlockSpec, ConvSpec, LayerSpec
 from resnet.walk import attach_layers, layers

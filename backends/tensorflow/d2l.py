@@ -3,20 +3,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 
 import keras  # isort: skip
 
-from resnet import d2l as book
-from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
-from resnet.backends.tensorflow.blocks import ResNeXtBlock, Residual
+from resnet.backends.tensorflow.blocks import Residual, ResNeXtBlock
 from resnet.backends.tensorflow.hooks import to_native
 from resnet.backends.tensorflow.models import ResNet, ResNet18
+
+from resnet import d2l as book
 from resnet.contract import declared
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 
 __all__ = [
     "DataModule", "FashionMNIST", "HyperParameters", "Trainer", "add_to_class",

@@ -3,7 +3,7 @@ weights."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
@@ -12,6 +12,7 @@ import keras  # isort: skip
 
 from resnet.backends.tensorflow.layers import Sequential
 from resnet.backends.tensorflow.models import ResNet
+
 from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw, shape_to_native, weight_to_canonical, weight_to_native
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec
@@ -154,9 +155,7 @@ def _native_grads(model: keras.layers.Layer, grads: Sequence[tf.Tensor | None]) 
 
 
 @hook
-def vjp(
-    model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def vjp(model: keras.layers.Layer, x: np.ndarray, output_grad: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Eager, under a ``tf.GradientTape``."""
     build(model, x.shape)
     variables, dtype = list(_trainable_items(model).values()), dtype_of(model)

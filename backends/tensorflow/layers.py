@@ -4,8 +4,9 @@ input sizes are inferred at the first call, as Keras layers do."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import tensorflow as tf  # before keras: where TensorFlow is missing or broken, its own error is the one reported
 
@@ -81,7 +82,8 @@ class Conv2d(keras.layers.Layer):
                 "such channels"
             )
         self.kernel = self.add_weight(
-            name="kernel", shape=(c.kernel, c.kernel, input_shape[-1] // c.groups, c.out_channels),
+            name="kernel",
+            shape=(c.kernel, c.kernel, input_shape[-1] // c.groups, c.out_channels),
             initializer="glorot_uniform",
         )
         if c.bias:
@@ -92,7 +94,7 @@ class Conv2d(keras.layers.Layer):
         return {**super().get_config(), "spec": asdict(self.spec)}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Conv2d":
+    def from_config(cls, config: dict[str, Any]) -> Conv2d:
         config = dict(config)
         return cls(ConvSpec(**config.pop("spec")), **config)
 
@@ -212,7 +214,7 @@ class Sequential(keras.Sequential):
             self.dtype_policy = dtype
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "Sequential":
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Sequential:
         # keras.Sequential's builds the model from its name alone, then adds the layers: the policy goes on after.
         model = super().from_config(config, custom_objects)
         if config.get("dtype") is not None:
@@ -266,7 +268,7 @@ class Shortcut(keras.layers.Layer):
         return {**super().get_config(), "conv_spec": asdict(self.conv_spec), "batch_norm": self.batch_norm}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Shortcut":
+    def from_config(cls, config: dict[str, Any]) -> Shortcut:
         config = dict(config)
         return cls(ConvSpec(**config.pop("conv_spec")), **config)
 

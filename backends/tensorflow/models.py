@@ -17,15 +17,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 
 import keras  # isort: skip
 
-from resnet import api, specs
 from resnet.backends.tensorflow import blocks
 from resnet.backends.tensorflow.layers import MaxPool2d, Sequential, make_layer, serializable
+
+from resnet import api, specs
 from resnet.contract import declared
 from resnet.docs import CLASS_DOCS
 from resnet.specs import BlockSpec, HeadSpec, ModelSpec, StemSpec
@@ -40,8 +42,12 @@ make_block = functools.partial(specs.build_block, blocks)
 #: Block kind -> the function that validates its fields and describes it (a description's fields are its
 #: arguments, ``preact`` included).
 _BLOCK_SPECS = {
-    "residual": specs.residual, "resnext": specs.resnext, "basic": specs.basic, "preact_basic": specs.basic,
-    "bottleneck": specs.bottleneck, "preact_bottleneck": specs.bottleneck,
+    "residual": specs.residual,
+    "resnext": specs.resnext,
+    "basic": specs.basic,
+    "preact_basic": specs.basic,
+    "bottleneck": specs.bottleneck,
+    "preact_bottleneck": specs.bottleneck,
 }
 
 
@@ -192,7 +198,7 @@ class ResNet(keras.Model):
         return {k: v for k, v in config.items() if k in parameters or (keywords and k in ("name", "trainable"))}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ResNet":
+    def from_config(cls, config: dict[str, Any]) -> ResNet:
         config = dict(config)
         if isinstance(config.get("spec"), dict):
             config["spec"] = spec_from_config(config["spec"])

@@ -19,7 +19,8 @@ the replicas' gradients (an all-reduce), so each replica's mean loss is weighted
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
@@ -27,6 +28,7 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 import keras  # isort: skip
 
 from resnet.backends.tensorflow.hooks import _child, _root, dtype_of, get_arrays, set_arrays
+
 from resnet.contract import PARALLEL_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 from resnet.layouts import array_to_native
 from resnet.parallel import Plan
@@ -141,7 +143,9 @@ def _bound_the_join(resolver: tf.distribute.cluster_resolver.ClusterResolver) ->
     spec = resolver.cluster_spec()
     jobs = [CoordinatedJob(name=job, num_tasks=spec.num_tasks(job)) for job in ("chief", "worker") if job in spec.jobs]
     context.context().configure_coordination_service(
-        "standalone", service_leader=coordination_leader(spec), coordinated_jobs=jobs,
+        "standalone",
+        service_leader=coordination_leader(spec),
+        coordinated_jobs=jobs,
         cluster_register_timeout_in_ms=JOIN_TIMEOUT_S * 1000,
     )
     context.context().coordination_service.cluster_register_with_barrier = True
@@ -176,8 +180,11 @@ def launch(plan: Plan, target: Callable[..., Any], args: tuple) -> dict[int, Any
 
 
 def _batch_norms(model: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
-    return [layer for layer in native_layers(model.spec, _root(model), _child).values()
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    return [
+        layer
+        for layer in native_layers(model.spec, _root(model), _child).values()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 @hook
@@ -230,8 +237,11 @@ def make_parallel_train_step(
         def rows(context: tf.distribute.experimental.ValueContext) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             replica = context.replica_id_in_sync_group  # among all processes' replicas
             share = weights[replica] / plan.replicas  # Keras sums the gradients: its rows' share of the batch
-            return (tf.constant(native[slices[replica]]), tf.constant(labels[slices[replica]]),
-                    tf.constant(share, dtype))
+            return (
+                tf.constant(native[slices[replica]]),
+                tf.constant(labels[slices[replica]]),
+                tf.constant(share, dtype),
+            )
 
         loss = compiled_step(*strategy.experimental_distribute_values_from_function(rows))
         return float(loss) if wait else lambda: float(loss)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
@@ -10,6 +10,7 @@ import tensorflow as tf  # before keras, as in resnet.backends.tensorflow.layers
 import keras  # isort: skip
 
 from resnet.backends.tensorflow.hooks import build, dtype_of, to_native, to_numpy
+
 from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)

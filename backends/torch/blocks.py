@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from resnet.backends.torch.layers import Shortcut, make_layer
 from torch import nn
 from torch.nn import functional as F
 
 from resnet import specs
-from resnet.backends.torch.layers import Shortcut, make_layer
 from resnet.docs import CLASS_DOCS
 from resnet.specs import BlockSpec
 from resnet.walk import attach_layers
@@ -128,9 +128,7 @@ class PreActBottleneck(Block):
         base_width: int = 64,
         stride_in_1x1: bool = False,
     ) -> None:
-        super().__init__(
-            specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1, preact=True)
-        )
+        super().__init__(specs.bottleneck(planes, use_1x1conv, strides, groups, base_width, stride_in_1x1, preact=True))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)

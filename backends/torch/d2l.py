@@ -3,19 +3,20 @@ for this package (``resnet.d2l`` says what is shared and what is not)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from resnet.backends.torch.blocks import Residual, ResNeXtBlock
+from resnet.backends.torch.hooks import to_native
+from resnet.backends.torch.models import ResNet, ResNet18
 from torch import nn
 from torch.nn import functional as F
 
 from resnet import d2l as book
-from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
-from resnet.backends.torch.blocks import ResNeXtBlock, Residual
-from resnet.backends.torch.hooks import to_native
-from resnet.backends.torch.models import ResNet, ResNet18
 from resnet.contract import declared
+from resnet.d2l import DataModule, HyperParameters, Trainer, add_to_class  # the framework-free part, as the book's
 
 __all__ = [
     "DataModule", "FashionMNIST", "HyperParameters", "Trainer", "add_to_class",
@@ -75,7 +76,9 @@ class Classifier(Module):
 
     def loss(self, Y_hat: torch.Tensor, Y: torch.Tensor, averaged: bool = True) -> torch.Tensor:
         """Softmax cross-entropy of logits ``Y_hat`` against integer labels ``Y``, averaged or per example."""
-        return F.cross_entropy(Y_hat.reshape(-1, Y_hat.shape[-1]), Y.reshape(-1), reduction="mean" if averaged else "none")
+        return F.cross_entropy(
+            Y_hat.reshape(-1, Y_hat.shape[-1]), Y.reshape(-1), reduction="mean" if averaged else "none"
+        )
 
     def accuracy(self, Y_hat: torch.Tensor, Y: torch.Tensor, averaged: bool = True) -> torch.Tensor:
         """The fraction of correct predictions (or 0/1 per example)."""
@@ -95,7 +98,9 @@ def to_batch(x: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Ten
     return to_native(x), torch.from_numpy(np.asarray(labels, np.int64))
 
 
-def train_and_predict(model: nn.Module, accelerator: bool) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
+def train_and_predict(
+    model: nn.Module, accelerator: bool
+) -> tuple[Callable[..., Any], Callable[[np.ndarray], np.ndarray]]:
     """``Trainer.fit``'s train step and predict function for ``model`` (on a GPU when ``accelerator`` and one
     is seen): this package's own, or for a book model its ``training_step`` and ``configure_optimizers``."""
     if not isinstance(model, Module):

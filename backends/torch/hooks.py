@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from resnet.backends.torch.models import ResNet
 from torch import nn
 
-from resnet.backends.torch.models import ResNet
 from resnet.contract import MODEL_HOOKS, declared, first_layer_channels, hook
 from resnet.layouts import array_to_native, array_to_nchw
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec

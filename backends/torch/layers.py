@@ -5,7 +5,7 @@ synchronised BatchNorm of data-parallel training (``SyncBatchNorm2d``, ``synchro
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,12 @@ from resnet.contract import check_batch_norm_batch
 from resnet.specs import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec
 
 __all__ = [
-    "BatchNorm2d", "LazyBatchNorm2d", "Shortcut", "SyncBatchNorm2d", "make_layer", "statistics_at_the_end",
+    "BatchNorm2d",
+    "LazyBatchNorm2d",
+    "Shortcut",
+    "SyncBatchNorm2d",
+    "make_layer",
+    "statistics_at_the_end",
     "synchronise_batch_norm",
 ]
 
@@ -139,8 +144,10 @@ def _torch_sync_batch_norm(layer: _BatchNorm, x: torch.Tensor) -> tuple[torch.Te
     )
     saved = y.grad_fn.saved_tensors  # (input, weight, mean, invstd, counts) in torch 2.x
     if len(saved) != 5 or saved[2].shape != (x.shape[1],) or saved[3].shape != (x.shape[1],):
-        raise RuntimeError("this torch's SyncBatchNorm keeps other tensors than torch 2.x's (input, weight, mean, "
-                           "invstd, counts): resnet.backends.torch.layers._torch_sync_batch_norm needs updating")
+        raise RuntimeError(
+            "this torch's SyncBatchNorm keeps other tensors than torch 2.x's (input, weight, mean, "
+            "invstd, counts): resnet.backends.torch.layers._torch_sync_batch_norm needs updating"
+        )
     return y, saved[2], saved[3]
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from resnet.backends.torch import blocks
+from resnet.backends.torch.layers import make_layer
 from torch import nn
 
 from resnet import api, specs
-from resnet.backends.torch import blocks
-from resnet.backends.torch.layers import make_layer
 from resnet.contract import declared
 from resnet.docs import CLASS_DOCS
 from resnet.specs import ModelSpec

@@ -19,21 +19,22 @@ import copy
 import json
 import os
 import socket
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from resnet.backends.torch.hooks import build, dtype_of, is_built, weights_device
+from resnet.backends.torch.layers import statistics_at_the_end, synchronise_batch_norm
+from resnet.backends.torch.train import NAME, _fast_layout
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from resnet.backends.torch.hooks import build, dtype_of, is_built, weights_device
-from resnet.backends.torch.layers import statistics_at_the_end, synchronise_batch_norm
-from resnet.backends.torch.train import NAME, _fast_layout
 from resnet.contract import PARALLEL_HOOKS, check_mixed_precision, hook, learning_rate_of
 from resnet.parallel import Plan
 
@@ -57,7 +58,7 @@ def _check_devices(wanted: int, flag: str) -> None:
         raise ValueError(
             f"{wanted} devices asked for on this host, but it has {count} {kind}{'s' if count != 1 else ''} (each "
             f"torch worker process drives one): use {flag} {count} or fewer here, and more hosts with torchrun "
-            "(--nnodes, --rdzv-endpoint; README: \"Training on several devices or hosts\")"
+            '(--nnodes, --rdzv-endpoint; README: "Training on several devices or hosts")'
         )
 
 
@@ -146,12 +147,20 @@ def launch(plan: Plan, target: Callable[..., Any], args: tuple) -> dict[int, Any
     if plan.devices == 1 or os.environ.get("WORLD_SIZE"):
         return None
     if plan.processes > 1:
-        raise ValueError(f"{plan.processes} hosts: start the workers of each with torchrun (README: \"Training on "
-                         "several devices or hosts\"); launch() starts the workers of one host")
+        raise ValueError(
+            f'{plan.processes} hosts: start the workers of each with torchrun (README: "Training on '
+            'several devices or hosts"); launch() starts the workers of one host'
+        )
     _check_devices(plan.devices, "--devices")
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=plan.devices, run_id=f"resnet-{os.getpid()}", rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_configs={"join_timeout": 120}, local_addr="127.0.0.1",
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=plan.devices,
+        run_id=f"resnet-{os.getpid()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        rdzv_configs={"join_timeout": 120},
+        local_addr="127.0.0.1",
         max_restarts=0,
     )
     try:
@@ -172,8 +181,10 @@ def replicate(model: nn.Module, plan: Plan) -> nn.Module:
     weights and running averages; with ``plan.sync_bn`` a copy whose BatchNorm layers are ``SyncBatchNorm2d``.
     DistributedDataParallel wraps it inside the train step, so every hook works on what this returns."""
     if not is_built(model):
-        raise ValueError("build the model before replicating it (resnet.build(model, input_shape)): "
-                         "DistributedDataParallel needs its weights")
+        raise ValueError(
+            "build the model before replicating it (resnet.build(model, input_shape)): "
+            "DistributedDataParallel needs its weights"
+        )
     _check_one_device_per_process(plan)
     if weights_device(model).type == "cuda":
         model.to(torch.device("cuda", torch.cuda.current_device()))

@@ -4,15 +4,15 @@ model's device, optionally in bfloat16."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from resnet.backends.torch.hooks import apply, build, dtype_of, to_native, to_numpy, weights_device
+from resnet.backends.torch.layers import statistics_at_the_end
 from torch import nn
 from torch.nn import functional as F
 
-from resnet.backends.torch.hooks import apply, build, dtype_of, to_native, to_numpy, weights_device
-from resnet.backends.torch.layers import statistics_at_the_end
 from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
 
 __all__ = list(TRAIN_HOOKS)

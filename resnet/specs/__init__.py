@@ -36,7 +36,6 @@ from resnet.specs.blocks import (
     residual,
     resnext,
 )
-from resnet.specs.validation import learning_rate
 from resnet.specs.family import (
     FAMILY,
     IMAGENET_WIDTHS,
@@ -68,5 +67,6 @@ from resnet.specs.models import (
     check_model_input,
     model_spec,
 )
+from resnet.specs.validation import learning_rate
 
 __all__ = [*layers.__all__, *blocks.__all__, *models.__all__, *family.__all__, "learning_rate"]

@@ -7,16 +7,30 @@ defines them, and knows which native class builds it and with which arguments (`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 from resnet.specs.layers import BatchNormSpec, ConvSpec, LayerSpec
 from resnet.specs.validation import MAX_SIZE, divisors, flag, positive_int, positive_number, stride
 
 __all__ = [
-    "BLOCK_CLASSES", "BLOCK_KINDS", "EXPANSION", "PROJECTION_ATTRIBUTES", "BasicSpec", "BlockSpec",
-    "BottleneckSpec", "ResNeXtSpec", "ResidualSpec", "basic", "bottleneck", "build_block", "check_block_input",
-    "constructor_arguments", "residual", "resnext",
+    "BLOCK_CLASSES",
+    "BLOCK_KINDS",
+    "EXPANSION",
+    "PROJECTION_ATTRIBUTES",
+    "BasicSpec",
+    "BlockSpec",
+    "BottleneckSpec",
+    "ResNeXtSpec",
+    "ResidualSpec",
+    "basic",
+    "bottleneck",
+    "build_block",
+    "check_block_input",
+    "constructor_arguments",
+    "residual",
+    "resnext",
 ]
 
 
@@ -125,7 +139,10 @@ class BasicSpec:
         conv2 = ConvSpec(c, 3, 1, 1, bias=False, in_channels=c if known else None)
         if self.preact:
             layers: dict[str, LayerSpec] = {
-                "bn1": BatchNormSpec(in_channels), "conv1": conv1, "bn2": BatchNormSpec(c), "conv2": conv2,
+                "bn1": BatchNormSpec(in_channels),
+                "conv1": conv1,
+                "bn2": BatchNormSpec(c),
+                "conv2": conv2,
             }
         else:
             layers = {"conv1": conv1, "bn1": BatchNormSpec(c), "conv2": conv2, "bn2": BatchNormSpec(c)}
@@ -184,19 +201,27 @@ class BottleneckSpec:
         conv3 = ConvSpec(c, 1, 1, 0, bias=False, in_channels=b if known else None)
         if self.preact:
             layers: dict[str, LayerSpec] = {
-                "bn1": BatchNormSpec(in_channels), "conv1": conv1, "bn2": BatchNormSpec(b), "conv2": conv2,
-                "bn3": BatchNormSpec(b), "conv3": conv3,
+                "bn1": BatchNormSpec(in_channels),
+                "conv1": conv1,
+                "bn2": BatchNormSpec(b),
+                "conv2": conv2,
+                "bn3": BatchNormSpec(b),
+                "conv3": conv3,
             }
         else:
             layers = {
-                "conv1": conv1, "bn1": BatchNormSpec(b), "conv2": conv2, "bn2": BatchNormSpec(b),
-                "conv3": conv3, "bn3": BatchNormSpec(c),
+                "conv1": conv1,
+                "bn1": BatchNormSpec(b),
+                "conv2": conv2,
+                "bn2": BatchNormSpec(b),
+                "conv3": conv3,
+                "bn3": BatchNormSpec(c),
             }
         layers.update(_downsample(self, in_channels))
         return layers
 
 
-def _downsample(spec: "BasicSpec | BottleneckSpec", in_channels: int | None) -> dict[str, LayerSpec]:
+def _downsample(spec: BasicSpec | BottleneckSpec, in_channels: int | None) -> dict[str, LayerSpec]:
     """The projection shortcut's layers, if the block has one: a 1x1 convolution with the block's stride,
     followed by BN except in a pre-activation block."""
     if not spec.use_1x1conv:
@@ -210,7 +235,7 @@ def _downsample(spec: "BasicSpec | BottleneckSpec", in_channels: int | None) -> 
     return layers
 
 
-BlockSpec = Union[ResidualSpec, ResNeXtSpec, BasicSpec, BottleneckSpec]
+BlockSpec = ResidualSpec | ResNeXtSpec | BasicSpec | BottleneckSpec
 
 #: The kinds of block the family's models are made of: torchvision's four, and the chapter's ``Residual`` (the
 #: multi-GPU section's ResNet-18).
@@ -219,9 +244,7 @@ BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck", "resi
 
 def residual(num_channels: int, use_1x1conv: bool = False, strides: int | Sequence[int] = 1) -> ResidualSpec:
     """Validate the arguments of ``Residual`` and describe the block."""
-    return ResidualSpec(
-        positive_int(num_channels, "num_channels"), flag(use_1x1conv, "use_1x1conv"), stride(strides)
-    )
+    return ResidualSpec(positive_int(num_channels, "num_channels"), flag(use_1x1conv, "use_1x1conv"), stride(strides))
 
 
 def resnext(
@@ -268,7 +291,9 @@ def basic(
 ) -> BasicSpec:
     """Validate the arguments of ``BasicBlock`` (``PreActBasic`` with ``preact=True``) and describe the block."""
     return BasicSpec(
-        positive_int(num_channels, "num_channels"), flag(use_1x1conv, "use_1x1conv"), stride(strides),
+        positive_int(num_channels, "num_channels"),
+        flag(use_1x1conv, "use_1x1conv"),
+        stride(strides),
         flag(preact, "preact"),
     )
 
@@ -308,18 +333,25 @@ def bottleneck(
     return spec
 
 
-
 #: Block kind -> the class that builds it, the same name in every backend.
 BLOCK_CLASSES: dict[str, str] = {
-    "residual": "Residual", "resnext": "ResNeXtBlock", "basic": "BasicBlock", "bottleneck": "Bottleneck",
-    "preact_basic": "PreActBasic", "preact_bottleneck": "PreActBottleneck",
+    "residual": "Residual",
+    "resnext": "ResNeXtBlock",
+    "basic": "BasicBlock",
+    "bottleneck": "Bottleneck",
+    "preact_basic": "PreActBasic",
+    "preact_bottleneck": "PreActBottleneck",
 }
 
 #: Block kind -> the block's attributes that exist only with a projection shortcut (``use_1x1conv``): None
 #: without one, so that ``forward`` can test them as the book's ``if self.conv3:`` does.
 PROJECTION_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "residual": ("conv3",), "resnext": ("conv4", "bn4"), "basic": ("downsample",), "bottleneck": ("downsample",),
-    "preact_basic": ("downsample",), "preact_bottleneck": ("downsample",),
+    "residual": ("conv3",),
+    "resnext": ("conv4", "bn4"),
+    "basic": ("downsample",),
+    "bottleneck": ("downsample",),
+    "preact_basic": ("downsample",),
+    "preact_bottleneck": ("downsample",),
 }
 
 
@@ -352,4 +384,3 @@ def check_block_input(spec: BlockSpec, in_channels: int) -> None:
             "Pass use_1x1conv=True to add a 1x1 convolution on the shortcut, or feed "
             f"{spec.num_channels} channels with strides=1."
         )
-

@@ -11,8 +11,9 @@ Implementation for Multiple GPUs") is the chapter's ResNet-18, ``Residual`` bloc
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from resnet.specs.blocks import BLOCK_KINDS, EXPANSION, BlockSpec, basic, bottleneck, residual
 from resnet.specs.models import DEFAULT_LR, HeadSpec, ModelSpec, StemSpec
@@ -98,7 +99,9 @@ def resnet_spec(
         stages.append((f"b{index + 2}", tuple(blocks)))
     # The book's convention (Residual blocks) keeps the convolution biases, torchvision's drops them before BN.
     stem_spec = StemSpec(
-        channels=stem_channels, conv_bias=block == "residual", in_channels=positive_int(in_channels, "in_channels"),
+        channels=stem_channels,
+        conv_bias=block == "residual",
+        in_channels=positive_int(in_channels, "in_channels"),
         **STEMS[stem],
     )
     return ModelSpec(
@@ -138,10 +141,15 @@ class FamilyModel:
         """The model's description for ``num_classes`` outputs and ``in_channels`` input channels (None: the
         model's defaults, ``self.num_classes`` and ``self.in_channels``)."""
         return resnet_spec(
-            self.block, self.depths, self.widths,
+            self.block,
+            self.depths,
+            self.widths,
             self.num_classes if num_classes is None else num_classes,
             self.in_channels if in_channels is None else in_channels,
-            self.groups, self.base_width, flag(stride_in_1x1, "stride_in_1x1"), stem=self.stem,
+            self.groups,
+            self.base_width,
+            flag(stride_in_1x1, "stride_in_1x1"),
+            stem=self.stem,
         )
 
     def builder(self, model_class: Callable[..., Any]) -> Callable[..., Any]:
@@ -199,7 +207,7 @@ class FamilyModel:
             body = "torchvision's convention: no convolution biases, BN in the projection shortcuts."
         if bottleneck:
             body += (
-                " The stride of a bottleneck sits on its 3x3 convolution, as in torchvision (\"ResNet v1.5\"); "
+                ' The stride of a bottleneck sits on its 3x3 convolution, as in torchvision ("ResNet v1.5"); '
                 "``stride_in_1x1=True`` puts it on the first 1x1 convolution, as the paper does."
             )
         stem = self.spec().stem
@@ -214,17 +222,20 @@ class FamilyModel:
             + ("(ImageNet's 1000 by default)." if imagenet else f"({self.num_classes} by default, as in the book)."),
             "in_channels: channels of the input images "
             + ("(3 by default)." if imagenet else f"({self.in_channels} by default, as in the book)."),
-            "stride_in_1x1: the paper's stride placement" + (
-                " (on the first 1x1 convolution)." if bottleneck
+            "stride_in_1x1: the paper's stride placement"
+            + (
+                " (on the first 1x1 convolution)."
+                if bottleneck
                 else f"; no effect on {'Residual' if book else 'basic'} blocks."
             ),
             "lr: the learning rate the model keeps as ``model.lr`` for its train step (the book's ``lr``).",
-            "dtype: \"float32\" (the default) or \"float64\", the precision of the weights and the computation.",
+            'dtype: "float32" (the default) or "float64", the precision of the weights and the computation.',
         ]
         wrap = lambda text, indent: textwrap.fill(text, 104, initial_indent=indent, subsequent_indent=indent)  # noqa
-        return "\n\n".join(
-            [title + ".", wrap(body, "    "), "    Args:\n" + "\n".join(wrap(a, "        ") for a in args)]
-        ) + "\n"
+        return (
+            "\n\n".join([title + ".", wrap(body, "    "), "    Args:\n" + "\n".join(wrap(a, "        ") for a in args)])
+            + "\n"
+        )
 
 
 def _family() -> dict[str, FamilyModel]:
@@ -235,16 +246,30 @@ def _family() -> dict[str, FamilyModel]:
     models = [
         *(FamilyModel(f"resnet{n}", f"ResNet-{n}", "basic" if n < 50 else "bottleneck", d) for n, d in depths.items()),
         *(
-            FamilyModel(f"preact_resnet{n}", f"Pre-activation ResNet-{n}", "preact_basic" if n < 50 else
-                        "preact_bottleneck", d, source=v2)
+            FamilyModel(
+                f"preact_resnet{n}",
+                f"Pre-activation ResNet-{n}",
+                "preact_basic" if n < 50 else "preact_bottleneck",
+                d,
+                source=v2,
+            )
             for n, d in depths.items()
         ),
         FamilyModel("resnext50_32x4d", "ResNeXt-50 (32x4d)", "bottleneck", depths[50], 32, 4, source=resnext),
         FamilyModel("resnext101_32x8d", "ResNeXt-101 (32x8d)", "bottleneck", depths[101], 32, 8, source=resnext),
         # The book's resnet18(num_classes, in_channels=1): the chapter's ResNet-18 with the small stem, trained on
         # Fashion-MNIST's 28x28 images (not resized) in the section.
-        FamilyModel("resnet18_multigpu", "Multi-GPU ResNet-18", "residual", depths[18], source=multigpu,
-                    stem="small", num_classes=10, in_channels=1, input_size=28),
+        FamilyModel(
+            "resnet18_multigpu",
+            "Multi-GPU ResNet-18",
+            "residual",
+            depths[18],
+            source=multigpu,
+            stem="small",
+            num_classes=10,
+            in_channels=1,
+            input_size=28,
+        ),
     ]
     return {model.name: model for model in models}
 

@@ -12,12 +12,18 @@ The same weights give the same numbers in every backend because:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
 __all__ = [
-    "BN_EPSILON", "BN_MOMENTUM", "DTYPES", "BatchNormSpec", "ConvSpec", "DenseSpec", "LayerSpec", "PoolSpec",
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "DTYPES",
+    "BatchNormSpec",
+    "ConvSpec",
+    "DenseSpec",
+    "LayerSpec",
+    "PoolSpec",
     "check_dtype",
 ]
 
@@ -76,7 +82,7 @@ class PoolSpec:
     padding: int
 
 
-LayerSpec = Union[ConvSpec, BatchNormSpec, DenseSpec]
+LayerSpec = ConvSpec | BatchNormSpec | DenseSpec
 
 
 def check_dtype(dtype: object) -> str:
@@ -86,7 +92,8 @@ def check_dtype(dtype: object) -> str:
     except TypeError:
         name = None
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the NumPy dtype); got {dtype!r}. "
-                         "Use float32 for speed, float64 to follow the NumPy reference exactly.")
+        raise ValueError(
+            f"dtype must be one of {', '.join(DTYPES)} (or the NumPy dtype); got {dtype!r}. "
+            "Use float32 for speed, float64 to follow the NumPy reference exactly."
+        )
     return name
-

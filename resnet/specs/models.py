@@ -6,16 +6,23 @@ A model description lists its top-level parts by the book's names (``b1`` the st
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from resnet.specs.blocks import BlockSpec, ResidualSpec, residual
 from resnet.specs.layers import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec, PoolSpec
 from resnet.specs.validation import flag, positive_int
 
 __all__ = [
-    "DEFAULT_LR", "RESNET18_ARCH", "HeadSpec", "ModelSpec", "StemSpec", "book_resnet", "book_stage",
-    "check_model_input", "model_spec",
+    "DEFAULT_LR",
+    "RESNET18_ARCH",
+    "HeadSpec",
+    "ModelSpec",
+    "StemSpec",
+    "book_resnet",
+    "book_stage",
+    "check_model_input",
+    "model_spec",
 ]
 
 #: The learning rate a model keeps when none is given: the book's ``ResNet(arch, lr=0.1, num_classes=10)``.
@@ -60,7 +67,11 @@ class StemSpec:
     def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
         """Canonical name -> layer (the same names, ``conv`` and ``bn``, whatever the kernel or pooling)."""
         conv = ConvSpec(
-            self.channels, self.kernel, self.stride, self.kernel // 2, bias=self.conv_bias,
+            self.channels,
+            self.kernel,
+            self.stride,
+            self.kernel // 2,
+            bias=self.conv_bias,
             in_channels=in_channels or self.in_channels,
         )
         return {"conv": conv, "bn": BatchNormSpec(self.channels)}
@@ -127,7 +138,6 @@ def model_spec(
     return spec
 
 
-
 def book_stage(num_residuals: int, num_channels: int, first_block: bool = False) -> tuple[ResidualSpec, ...]:
     """The book's ``ResNet.block``: the first block halves the size and changes channels, unless first."""
     num_residuals = positive_int(num_residuals, "num_residuals")
@@ -149,9 +159,7 @@ def book_resnet(arch: Sequence[Sequence[int]], num_classes: int = 10) -> ModelSp
             "arch must be a non-empty sequence of (num_residuals, num_channels) pairs, e.g. "
             f"{RESNET18_ARCH} for ResNet-18; got {arch!r}"
         )
-    stages = tuple(
-        (f"b{i + 2}", book_stage(n, c, first_block=(i == 0))) for i, (n, c) in enumerate(pairs)
-    )
+    stages = tuple((f"b{i + 2}", book_stage(n, c, first_block=(i == 0))) for i, (n, c) in enumerate(pairs))
     return ModelSpec(StemSpec(), stages, HeadSpec(positive_int(num_classes, "num_classes")))
 
 
