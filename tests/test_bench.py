@@ -9,6 +9,7 @@ import math
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from resnet import bench, specs
@@ -83,7 +84,51 @@ def test_report_renders_the_json(backend_name, quick_json, tmp_path, capsys):
         assert f"`{name}`" in text
     assert "ResNeXtBlock(64, 2, 1) fwd+bwd" in text and "| ResNet-18 train step" in text
     assert "Speed targets" in text and json.loads(quick_json.read_text())["machine"]["cpu"] in text
+    assert "| ResNet-18 train step vs the chapter's code" in text and "| ResNet-18 inference vs the chapter's" in text
+    assert "resnet18_train_book: ours >= 1x the chapter's own code" in text
+    png = out.with_suffix(".png")  # the chart, beside the markdown
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json") == ["performance.md", "performance.png"]
     capsys.readouterr()
+
+
+def test_chart_draws_each_row_against_its_reference(backend_name, quick_json, tmp_path):
+    """One panel per row that compares ours with a model written otherwise, the ResNet-18 rows against the
+    chapter's code among them; a file with none of them is refused with the rows it needs."""
+    from matplotlib.image import imread
+
+    results = report.load_results([quick_json])
+    rows = report.render_chart(results, tmp_path / "chart.png")
+    assert rows == list(report.CHART_ROWS)  # a --quick run measures them all
+    height, width, _ = imread(tmp_path / "chart.png").shape
+    assert width == 1100 and height == 100 * 3 * -(-len(rows) // 2)  # 2 panels a line, 5.5 x 3 inches at 100 dpi
+    for result in results:
+        result["measurements"] = [e for e in result["measurements"] if e["name"] not in report.CHART_ROWS]
+    with pytest.raises(ValueError, match="resnet18_train_book"):
+        report.render_chart(results, tmp_path / "empty.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chart.png"]  # nothing half-written left
+
+
+def test_the_chapters_own_code_trains_and_predicts_beside_ours(rn):
+    """The ``*_book`` rows' reference, the chapter's ResNet-18 as its code cells write it: logits of the batch's
+    size, finite losses, weights that a train step changes, and ours still running in the same process after it
+    (MXNet's book code runs under numpy semantics, ours in the caller's)."""
+    from resnet.bench.kit import load_kit
+    from resnet.bench.rows import Context
+
+    settings = bench.Settings.quick_settings()
+    ctx = Context(rn, load_kit(rn, settings), settings)
+    x, labels = ctx.batch()
+    book = ctx.kit.book_resnet18(settings.input_shape)
+    step, predict = ctx.kit.book_train_step(book, settings.lr), ctx.kit.book_predict(book)
+    before = predict(x)
+    assert before.shape == (settings.batch_size, 10) and np.isfinite(before).all()
+    losses = [step(x, labels) for _ in range(2)]
+    assert all(isinstance(loss, float) and math.isfinite(loss) for loss in losses)
+    assert not np.allclose(predict(x), before)  # the step moved the weights (and BatchNorm's running averages)
+    ours = ctx.ours_resnet18()
+    assert math.isfinite(rn.make_train_step(ours, settings.lr)(x, labels))
+    assert rn.make_predict(ours)(x).shape == (settings.batch_size, 10)
 
 
 def test_report_refuses_bad_input(tmp_path, capsys):

@@ -1,11 +1,12 @@
 """The benchmark's reference in TensorFlow: the chapter's models written plainly with the framework's stock layers
 (Keras ``Conv2D`` with the book's ``padding='same'`` and ``groups``, ``BatchNormalization``, ``Dense``), trained
-by a ``tf.function`` step with ``keras.optimizers.SGD``; the harness (``resnet.bench``) times this package's
-models against them."""
+by a ``tf.function`` step with ``keras.optimizers.SGD``, and the chapter's ResNet-18 as the book writes it; the
+harness (``resnet.bench``) times this package's models against them."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf  # before keras, as in the backend's layers
@@ -65,6 +66,42 @@ class ResNeXtBlock(keras.layers.Layer):
         return tf.nn.relu(Y + X)
 
 
+# The chapter's own code (TensorFlow tab), as the book writes it: `Residual` a keras.Model whose `call(self, X)`
+# takes no `training` (Keras 3 hands the caller's on to the BatchNorm layers inside through its call context),
+# `Y += X`, nested Sequential models.
+class BookResidual(keras.Model):
+    """The chapter's ``Residual`` (TensorFlow tab), unchanged."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> None:
+        super().__init__()
+        self.conv1 = keras.layers.Conv2D(num_channels, padding="same", kernel_size=3, strides=strides)
+        self.conv2 = keras.layers.Conv2D(num_channels, kernel_size=3, padding="same")
+        self.conv3 = None
+        if use_1x1conv:
+            self.conv3 = keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides)
+        self.bn1 = keras.layers.BatchNormalization()
+        self.bn2 = keras.layers.BatchNormalization()
+
+    def call(self, X: tf.Tensor) -> tf.Tensor:
+        Y = keras.activations.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        Y += X
+        return keras.activations.relu(Y)
+
+
+def _book_block(num_residuals: int, num_channels: int, first_block: bool = False) -> keras.Sequential:
+    """The chapter's ``ResNet.block``."""
+    blk = keras.Sequential()
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.add(BookResidual(num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.add(BookResidual(num_channels))
+    return blk
+
+
 class StockKit(Kit):
     """TensorFlow: the book's Keras layers (``padding='same'``, grouped ``Conv2D``), a ``tf.function`` step
     (methods: ``resnet.bench.kit.Kit``). A CPU-only build here: the harness refuses ``--gpu`` and
@@ -75,21 +112,43 @@ class StockKit(Kit):
     has_compile = False
 
     def info(self) -> dict[str, Any]:
-        return {"versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-                "threads": f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
-                           f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'default'}",
-                "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu"}
+        return {
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "threads": f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
+            f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'default'}",
+            "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
+        }
 
     def stock_resnet18(self, input_shape: tuple[int, ...], num_classes: int = 10) -> keras.Model:
-        layers = [keras.layers.Conv2D(64, kernel_size=7, strides=2, padding="same"),
-                  keras.layers.BatchNormalization(), keras.layers.Activation("relu"),
-                  keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same")]
+        layers = [
+            keras.layers.Conv2D(64, kernel_size=7, strides=2, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same"),
+        ]
         for i, (num_residuals, num_channels) in enumerate(specs.RESNET18_ARCH):
             for j in range(num_residuals):
                 first = j == 0 and i > 0
                 layers.append(Residual(num_channels, use_1x1conv=first, strides=2 if first else 1))
         layers += [keras.layers.GlobalAvgPool2D(), keras.layers.Dense(num_classes)]
         net = keras.Sequential(layers)
+        net(tf.zeros(shape_to_native(input_shape, LAYOUT)))
+        return net
+
+    def book_resnet18(self, input_shape: tuple[int, ...], num_classes: int = 10) -> keras.Model:
+        # The chapter's ResNet.b1, ResNet.__init__ and ResNet18.
+        b1 = keras.Sequential(
+            [
+                keras.layers.Conv2D(64, kernel_size=7, strides=2, padding="same"),
+                keras.layers.BatchNormalization(),
+                keras.layers.Activation("relu"),
+                keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same"),
+            ]
+        )
+        net = keras.Sequential([b1])
+        for i, b in enumerate(specs.RESNET18_ARCH):
+            net.add(_book_block(*b, first_block=(i == 0)))
+        net.add(keras.Sequential([keras.layers.GlobalAvgPool2D(), keras.layers.Dense(units=num_classes)]))
         net(tf.zeros(shape_to_native(input_shape, LAYOUT)))
         return net
 

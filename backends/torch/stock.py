@@ -1,11 +1,13 @@
 """The benchmark's reference in PyTorch: the chapter's models written plainly with the framework's stock layers
 (the book's ``nn.LazyConv2d``, ``nn.LazyBatchNorm2d``, ``nn.LazyLinear``), run eagerly and trained by
-``torch.optim.SGD``; the harness (``resnet.bench``) times this package's models against them."""
+``torch.optim.SGD``, and the chapter's ResNet-18 as the book writes it; the harness (``resnet.bench``) times this
+package's models against them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +58,48 @@ class ResNeXtBlock(nn.Module):
         return F.relu(Y + X)
 
 
+# The chapter's own code (PyTorch tab), as the book writes it: `Y += X`, nested nn.Sequential stages, the
+# weights materialized by one pass and set by d2l's init_cnn (Xavier-uniform convolution and linear weights).
+class BookResidual(nn.Module):
+    """The chapter's ``Residual`` (PyTorch tab), unchanged."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1, stride=strides)
+        self.conv2 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
+        if use_1x1conv:
+            self.conv3 = nn.LazyConv2d(num_channels, kernel_size=1, stride=strides)
+        else:
+            self.conv3 = None
+        self.bn1 = nn.LazyBatchNorm2d()
+        self.bn2 = nn.LazyBatchNorm2d()
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3:
+            X = self.conv3(X)
+        Y += X
+        return F.relu(Y)
+
+
+def _book_block(num_residuals: int, num_channels: int, first_block: bool = False) -> nn.Sequential:
+    """The chapter's ``ResNet.block``."""
+    blk = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.append(BookResidual(num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.append(BookResidual(num_channels))
+    return nn.Sequential(*blk)
+
+
+def _init_cnn(module: nn.Module) -> None:
+    """d2l's ``init_cnn``."""
+    if type(module) in (nn.Linear, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+
+
 class StockKit(Kit):
     """PyTorch: the book's ``nn.Lazy*`` layers, eager, ``torch.optim.SGD`` (methods: ``resnet.bench.kit.Kit``)."""
 
@@ -66,23 +110,33 @@ class StockKit(Kit):
     def __init__(self, rn: ModuleType, settings: Settings) -> None:
         super().__init__(rn, settings)
         if settings.gpu and not torch.cuda.is_available():
-            raise ValueError("--gpu: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                             "run without --gpu, or install a CUDA build of torch on a machine with a GPU")
+            raise ValueError(
+                "--gpu: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                "run without --gpu, or install a CUDA build of torch on a machine with a GPU"
+            )
         self.device = torch.device("cuda" if settings.gpu else "cpu")
         self.mixed_precision = settings.mixed_precision
 
     def info(self) -> dict[str, Any]:
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
-        return {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads(),
-                "device": str(self.device), "gpu": gpu}
+        return {
+            "versions": {"torch": torch.__version__},
+            "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "gpu": gpu,
+        }
 
     def _autocast(self) -> Any:
         """bfloat16 autocast with --mixed-precision (PyTorch's AMP recipe), else nothing."""
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.mixed_precision)
 
     def stock_resnet18(self, input_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
-        layers = [nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3), nn.LazyBatchNorm2d(), nn.ReLU(),
-                  nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
+        layers = [
+            nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+            nn.LazyBatchNorm2d(),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        ]
         for i, (num_residuals, num_channels) in enumerate(specs.RESNET18_ARCH):
             for j in range(num_residuals):
                 first = j == 0 and i > 0
@@ -90,6 +144,23 @@ class StockKit(Kit):
         layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)]
         net = nn.Sequential(*layers)
         net(torch.zeros(input_shape))  # materialize the lazy layers, as the book's apply_init does
+        return net.to(self.device)
+
+    def book_resnet18(self, input_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
+        # The chapter's ResNet.b1, ResNet.__init__ and ResNet18, then its model.apply_init(batch, init_cnn).
+        net = nn.Sequential(
+            nn.Sequential(
+                nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+                nn.LazyBatchNorm2d(),
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+        )
+        for i, b in enumerate(specs.RESNET18_ARCH):
+            net.add_module(f"b{i + 2}", _book_block(*b, first_block=(i == 0)))
+        net.add_module("last", nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)))
+        net(torch.zeros(input_shape))
+        net.apply(_init_cnn)
         return net.to(self.device)
 
     def stock_resnext(self, input_shape: tuple[int, ...], num_channels: int, groups: int, bot_mul: float) -> nn.Module:

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from resnet.bench.settings import Settings
 
@@ -28,8 +29,13 @@ class Side:
 
 def stats(samples: list[float], steps: int) -> dict[str, Any]:
     """The JSON of one side's repeats: median, min, max, the samples and the steps each repeat took."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "samples": samples, "steps_per_repeat": steps}
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": samples,
+        "steps_per_repeat": steps,
+    }
 
 
 def _steps_for(side: Side, settings: Settings, min_steps: int = 1) -> int:
@@ -76,8 +82,9 @@ def _import_seconds(statement: str) -> float:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     # Run outside any source tree: `python -c` puts its working directory first on the path, and a checkout's
     # resnet/ there would hide the installed package.
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=tempfile.gettempdir())
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=tempfile.gettempdir()
+    )
     if done.returncode:
         raise RuntimeError(f"{statement!r} failed in a fresh process:\n{done.stderr.strip()[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])

@@ -2,8 +2,9 @@
 
 Each backend package has a module ``stock`` (``backends/<name>/stock.py``) with a class ``StockKit``, a subclass
 of ``Kit`` below: the chapter's models written the plain way with the framework's stock layers, the stock train
-and predict steps on the framework's usual fast path, the forward+backward step that times a single block (ours
-and the stock one alike), and a matrix product for the peak. The methods' docstrings are here, once. This module,
+and predict steps on the framework's usual fast path, the chapter's ResNet-18 as the book's own code writes it
+(the second reference), the forward+backward step that times a single block (ours and the stock one alike),
+and a matrix product for the peak. The methods' docstrings are here, once. This module,
 like the rest of ``resnet.bench``, imports no framework: ``load_kit`` imports the backend's ``stock`` module,
 which imports the framework that the backend has already imported.
 """
@@ -11,8 +12,9 @@ which imports the framework that the backend has already imported.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,23 @@ class Kit:
         device that the settings ask for."""
         raise NotImplementedError(f"{type(self).__module__}.StockKit.stock_resnet18")
 
+    def book_resnet18(self, input_shape: tuple[int, ...], num_classes: int = 10) -> Any:
+        """The chapter's ResNet-18 written the way the chapter's tab for this framework writes it (its classes,
+        containers and initialization: ``tests/fixtures/d2l-resnet-chapter.md``), built for the NCHW
+        ``input_shape``, on the device that the settings ask for, ready for ``book_train_step`` and
+        ``book_predict``."""
+        raise NotImplementedError(f"{type(self).__module__}.StockKit.book_resnet18")
+
+    def book_train_step(self, model: Any, lr: float) -> Callable[[np.ndarray, np.ndarray], float]:
+        """The train step a reader of the chapter would write for a ``book_resnet18`` model, on the fast path
+        (``fast_path``): as ``stock_train_step`` (the default here) where the chapter trains the same way."""
+        return self.stock_train_step(model, lr)
+
+    def book_predict(self, model: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """The inference of a ``book_resnet18`` model on the fast path: as ``stock_predict`` (the default here)
+        where the chapter runs the model the same way."""
+        return self.stock_predict(model)
+
     def stock_resnext(self, input_shape: tuple[int, ...], num_channels: int, groups: int, bot_mul: float) -> Any:
         """The book's ResNeXt block with the framework's grouped convolution (``groups`` groups), built for the
         NCHW ``input_shape``, ready for ``block_step``."""
@@ -86,12 +105,16 @@ def cpu_only(name: str, settings: Settings) -> None:
     """ValueError for ``--gpu`` or ``--mixed-precision`` in a backend whose declaration (``resnet.registry``) rules
     it out: this project installs that framework as a CPU-only build."""
     info = REGISTRY[name]
-    for option, asked, capability in (("--gpu", settings.gpu, "gpu"),
-                                      ("--mixed-precision", settings.mixed_precision, "mixed_precision")):
+    for option, asked, capability in (
+        ("--gpu", settings.gpu, "gpu"),
+        ("--mixed-precision", settings.mixed_precision, "mixed_precision"),
+    ):
         if asked and not getattr(info, capability):
             able = " and ".join(other.name for other in REGISTRY.values() if getattr(other, capability))
-            raise ValueError(f"{option} is for the {able} backends; this project installs {name} as a CPU-only "
-                             "build. Run without it.")
+            raise ValueError(
+                f"{option} is for the {able} backends; this project installs {name} as a CPU-only "
+                "build. Run without it."
+            )
 
 
 def load_kit(rn: ModuleType, settings: Settings) -> Kit:
@@ -104,6 +127,8 @@ def load_kit(rn: ModuleType, settings: Settings) -> Kit:
     except ModuleNotFoundError as error:
         if error.name != name:  # something the stock module imports is missing: say that, not this
             raise
-        raise ImportError(f"the {rn.NAME} backend has no stock-layer reference for the benchmark: write "
-                          f"backends/{rn.NAME}/stock.py with a StockKit class (a resnet.bench.kit.Kit)") from error
+        raise ImportError(
+            f"the {rn.NAME} backend has no stock-layer reference for the benchmark: write "
+            f"backends/{rn.NAME}/stock.py with a StockKit class (a resnet.bench.kit.Kit)"
+        ) from error
     return module.StockKit(rn, settings)

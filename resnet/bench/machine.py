@@ -13,9 +13,18 @@ from resnet.bench.kit import Kit
 
 __all__ = ["cpu_seconds", "machine_info", "other_cpu_load"]
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS",
-                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS",
-                     "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "XLA_FLAGS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "MXNET_CPU_WORKER_NTHREADS",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def machine_info(kit: Kit | None = None) -> dict[str, Any]:

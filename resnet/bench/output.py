@@ -49,9 +49,15 @@ def format_table(result: dict[str, Any]) -> str:
         "",
     ]
     if was_busy(m):
-        lines[-1:-1] = ["WARNING: other processes were running (" + (
-            f"they kept {m['other_cpu_load']} cores busy" if m.get("other_cpu_load") is not None
-            else f"load average {m['load_average_at_start'][0]} at the start") + "), so these numbers are unreliable."]
+        lines[-1:-1] = [
+            "WARNING: other processes were running ("
+            + (
+                f"they kept {m['other_cpu_load']} cores busy"
+                if m.get("other_cpu_load") is not None
+                else f"load average {m['load_average_at_start'][0]} at the start"
+            )
+            + "), so these numbers are unreliable."
+        ]
     header = ("measurement", "unit", "ours median [min-max]", "reference median [min-max]", "ours/ref", "%peak", "note")
     rows = [header]
     for e in result["measurements"]:
@@ -61,12 +67,23 @@ def format_table(result: dict[str, Any]) -> str:
         ratio = f"{e['ratio']:.2f}x" if e.get("ratio") is not None else "n/c"
         peak = e.get("peak_fraction", {}).get("ours")
         note = e.get("note") or e.get("reference_is", "")
-        rows.append((e["name"], e["unit"], format_stats(e["ours"]), format_stats(e.get("reference")), ratio,
-                     f"{100 * peak:.0f}%" if peak is not None else "", note))
+        rows.append(
+            (
+                e["name"],
+                e["unit"],
+                format_stats(e["ours"]),
+                format_stats(e.get("reference")),
+                ratio,
+                f"{100 * peak:.0f}%" if peak is not None else "",
+                note,
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     lines.append("")
-    lines.append("ours/ref: ratio of the medians, > 1 means ours is faster; n/c: no comparable reference. "
-                 "Throughputs per second except import times (s).")
+    lines.append(
+        "ours/ref: ratio of the medians, > 1 means ours is faster; n/c: no comparable reference. "
+        "Throughputs per second except import times (s)."
+    )
     return "\n".join(lines)

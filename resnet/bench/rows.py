@@ -8,9 +8,10 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,9 @@ def _gflop(model: Any, input_shape: tuple[int, ...], passes: int) -> float:
     return 2 * macs(model.spec, (1, *input_shape[1:])) * passes / 1e9
 
 
-def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, Any]:
+def _resnet18(ctx: Context, train: bool, compiled: bool = False, book: bool = False) -> dict[str, Any]:
+    """Ours against the stock-layer reference, against ours in eager mode (``compiled``: ours under
+    ``torch.compile``) or against the chapter's own code (``book``)."""
     s, rn, kit = ctx.settings, ctx.rn, ctx.kit
     x, labels = ctx.batch()
     ours_model = ctx.ours_resnet18()
@@ -63,6 +66,12 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, An
     if compiled:  # torch only (kit.has_compile); two models, so that neither run touches the other's module
         make = (lambda m: rn.make_train_step(m, s.lr, **mixed)) if train else (lambda m: rn.make_predict(m, **mixed))
         ours, reference = make(kit.compile(ours_model)), make(ctx.ours_resnet18())
+    elif book:
+        book_model = kit.book_resnet18(s.input_shape)
+        if train:
+            ours, reference = rn.make_train_step(ours_model, s.lr, **mixed), kit.book_train_step(book_model, s.lr)
+        else:
+            ours, reference = rn.make_predict(ours_model, **mixed), kit.book_predict(book_model)
     elif train:
         ours = rn.make_train_step(ours_model, s.lr, **mixed)
         reference = kit.stock_train_step(kit.stock_resnet18(s.input_shape), s.lr)
@@ -79,6 +88,8 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False) -> dict[str, An
     if compiled:
         result["reference_is"] = "ours in eager mode (the default)"
         result["note"] = "ratio > 1: torch.compile wins (compile time excluded: it happens in the warm-up)"
+    elif book:
+        result["reference_is"] = f"the chapter's own {ctx.rn.NAME} code, {kit.fast_path}"
     else:
         result["reference_is"] = f"stock {ctx.rn.NAME} layers, {kit.fast_path}"
     return result
@@ -93,10 +104,16 @@ def _parallel_overhead(ctx: Context) -> dict[str, Any]:
     x, labels = ctx.batch()
     plan = rn.init_distributed(Plan())
     ours_model = ctx.ours_resnet18()
-    parallel = rn.make_parallel_train_step(rn.replicate(ours_model, plan), plan, s.lr, mixed_precision=s.mixed_precision)
+    parallel = rn.make_parallel_train_step(
+        rn.replicate(ours_model, plan), plan, s.lr, mixed_precision=s.mixed_precision
+    )
     plain = rn.make_train_step(ctx.ours_resnet18(), s.lr, mixed_precision=s.mixed_precision)
-    result = measure(Side(lambda: parallel(x, labels), s.batch_size), Side(lambda: plain(x, labels), s.batch_size), s,
-                     min_steps=s.model_min_steps)
+    result = measure(
+        Side(lambda: parallel(x, labels), s.batch_size),
+        Side(lambda: plain(x, labels), s.batch_size),
+        s,
+        min_steps=s.model_min_steps,
+    )
     result["gflop_per_item"] = _gflop(ours_model, s.input_shape, 3)
     result["reference_is"] = "ours, the plain train step (make_train_step) on the same device"
     result["note"] = "ratio: the data-parallel path on one replica against the plain step (target >= 0.95x)"
@@ -131,8 +148,10 @@ def _data_pipeline(ctx: Context) -> dict[str, Any]:
     batches = Batches(images, ctx.rng.integers(0, 10, n), s.batch_size, resize=s.image_size, shuffle=True)
     epoch = iter(range(1 << 30))
     result = measure(Side(lambda: sum(1 for _ in batches.epoch(next(epoch))), s.data_batches), None, s)
-    result["note"] = (f"batches of {s.batch_size} uint8 1x28x28 -> float32 1x{s.image_size}x{s.image_size}, "
-                      f"shuffled; {result['ours']['median'] * s.batch_size:,.0f} images/s; no reference")
+    result["note"] = (
+        f"batches of {s.batch_size} uint8 1x28x28 -> float32 1x{s.image_size}x{s.image_size}, "
+        f"shuffled; {result['ours']['median'] * s.batch_size:,.0f} images/s; no reference"
+    )
     return result
 
 
@@ -153,8 +172,16 @@ def _recipe(ctx: Context) -> dict[str, Any]:
     config = TrainConfig(epochs=s.recipe_epochs, batch_size=s.batch_size, lr=s.lr, resize=s.image_size)
     model = rn.ResNet18()
     started = time.perf_counter()
-    history = fit(model, dataset, config, progress=False, log=lambda line: None, mixed_precision=s.mixed_precision,
-                  accelerator=s.gpu, compile=s.compile)
+    history = fit(
+        model,
+        dataset,
+        config,
+        progress=False,
+        log=lambda line: None,
+        mixed_precision=s.mixed_precision,
+        accelerator=s.gpu,
+        compile=s.compile,
+    )
     seconds = time.perf_counter() - started
     speeds, val_acc, device = history.column("images_per_s"), history.rows[-1]["val_acc"], rn.device_of(model)
     return {
@@ -165,10 +192,12 @@ def _recipe(ctx: Context) -> dict[str, Any]:
         "val_acc": val_acc,
         "dataset": dataset.name,
         "device": device,
-        "note": (f"{s.recipe_epochs} epochs on {dataset.name} ({len(dataset.train_labels):,} + "
-                 f"{len(dataset.val_labels):,} images) on {device}, evaluation and compilation included; "
-                 f"{statistics.median(speeds):,.0f} images/s median epoch; final val_acc {val_acc:.4f}"
-                 + ("" if dataset.name == "fashion-mnist" else " (random images: the accuracy means nothing)")),
+        "note": (
+            f"{s.recipe_epochs} epochs on {dataset.name} ({len(dataset.train_labels):,} + "
+            f"{len(dataset.val_labels):,} images) on {device}, evaluation and compilation included; "
+            f"{statistics.median(speeds):,.0f} images/s median epoch; final val_acc {val_acc:.4f}"
+            + ("" if dataset.name == "fashion-mnist" else " (random images: the accuracy means nothing)")
+        ),
     }
 
 
@@ -195,6 +224,8 @@ def _matmul(ctx: Context) -> dict[str, Any]:
 MEASURE: dict[str, Callable[[Context], dict[str, Any]]] = {
     "resnet18_train": lambda ctx: _resnet18(ctx, train=True),
     "resnet18_infer": lambda ctx: _resnet18(ctx, train=False),
+    "resnet18_train_book": lambda ctx: _resnet18(ctx, train=True, book=True),
+    "resnet18_infer_book": lambda ctx: _resnet18(ctx, train=False, book=True),
     "resnet18_train_compiled": lambda ctx: _resnet18(ctx, train=True, compiled=True),
     "resnet18_infer_compiled": lambda ctx: _resnet18(ctx, train=False, compiled=True),
     "resnet18_train_parallel": _parallel_overhead,
@@ -206,17 +237,37 @@ MEASURE: dict[str, Callable[[Context], dict[str, Any]]] = {
     "recipe": _recipe,
 }
 #: The running order: the quick rows first, and the matmul peak before the rows that report a fraction of it.
-ORDER = ("import_resnet", "import_backend", "matmul_peak", "data_pipeline", "resnext_g2", "resnext_g8", "resnext_g32",
-         "resnet18_infer", "resnet18_train", "resnet18_train_parallel", "resnet18_infer_compiled",
-         "resnet18_train_compiled", "recipe")
+ORDER = (
+    "import_resnet",
+    "import_backend",
+    "matmul_peak",
+    "data_pipeline",
+    "resnext_g2",
+    "resnext_g8",
+    "resnext_g32",
+    "resnet18_infer",
+    "resnet18_train",
+    "resnet18_infer_book",
+    "resnet18_train_book",
+    "resnet18_train_parallel",
+    "resnet18_infer_compiled",
+    "resnet18_train_compiled",
+    "recipe",
+)
 
 
 def _finish(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Add the unit, the ratio of the medians and whether it is a like-for-like comparison."""
     unit = UNITS.get(name, "images/s")
     lower_is_better = unit == "s"
-    entry = {"name": name, "description": MEASUREMENTS[name], "status": "ok", "unit": unit,
-             "higher_is_better": not lower_is_better, **result}
+    entry = {
+        "name": name,
+        "description": MEASUREMENTS[name],
+        "status": "ok",
+        "unit": unit,
+        "higher_is_better": not lower_is_better,
+        **result,
+    }
     ours, reference = entry["ours"], entry.get("reference")
     if reference:
         a, b = (reference["median"], ours["median"]) if lower_is_better else (ours["median"], reference["median"])
@@ -232,8 +283,9 @@ def _add_peak_fractions(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         if entry["status"] != "ok" or "gflop_per_item" not in entry:
             continue
-        entry["gflops"] = {side: entry[side]["median"] * entry["gflop_per_item"]
-                           for side in ("ours", "reference") if entry.get(side)}
+        entry["gflops"] = {
+            side: entry[side]["median"] * entry["gflop_per_item"] for side in ("ours", "reference") if entry.get(side)
+        }
         if peak:
             entry["peak_fraction"] = {side: value / peak["ours"]["best"] for side, value in entry["gflops"].items()}
 
@@ -252,8 +304,12 @@ def _not_measured(name: str, status: str, reason: str) -> dict[str, Any]:
     return {"name": name, "description": MEASUREMENTS[name], "status": status, "reason": reason}
 
 
-def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None = None,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
+def run_benchmark(
+    rn: ModuleType,
+    settings: Settings,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
     """Run the selected measurements in backend module ``rn``; the JSON-ready result."""
     kit = load_kit(rn, settings)
     ctx = Context(rn, kit, settings)
@@ -261,25 +317,38 @@ def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None
     entries = []
     for name in selected(only):
         if name in COMPILED and not kit.has_compile:
-            entries.append(_not_measured(
-                name, "n/a", f"torch.compile is PyTorch's; ours in {rn.NAME} already runs on {kit.fast_path}"))
+            entries.append(
+                _not_measured(
+                    name, "n/a", f"torch.compile is PyTorch's; ours in {rn.NAME} already runs on {kit.fast_path}"
+                )
+            )
             continue
         if settings.quick and not only and name in COMPILED:
-            entries.append(_not_measured(
-                name, "skipped", "not measured under --quick (compiling takes minutes); name it in --only"))
+            entries.append(
+                _not_measured(
+                    name, "skipped", "not measured under --quick (compiling takes minutes); name it in --only"
+                )
+            )
             continue
         if name == "recipe" and not (settings.gpu or settings.quick or (only and name in only)):
-            entries.append(_not_measured(
-                name, "skipped", "measured with --gpu (on a 2-core CPU the 10 epochs take hours); name it in --only"))
+            entries.append(
+                _not_measured(
+                    name, "skipped", "measured with --gpu (on a 2-core CPU the 10 epochs take hours); name it in --only"
+                )
+            )
             continue
         log(f"bench {rn.NAME}: {name} ...")
         began = time.perf_counter()
         try:
             entry = _finish(name, MEASURE[name](ctx))
         except Exception as error:  # one failure must not hide the other rows
-            entry = {"name": name, "description": MEASUREMENTS[name], "status": "error",
-                     "reason": f"{type(error).__name__}: {error}",
-                     "traceback": traceback.format_exc(limit=8)}
+            entry = {
+                "name": name,
+                "description": MEASUREMENTS[name],
+                "status": "error",
+                "reason": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=8),
+            }
             if name.endswith("_compiled"):  # an unusable torch.compile is a finding, not a harness bug
                 entry["status"] = "unavailable"
         entry["seconds"] = round(time.perf_counter() - began, 2)
@@ -289,6 +358,12 @@ def run_benchmark(rn: ModuleType, settings: Settings, only: Sequence[str] | None
     machine["load_average_at_start"] = started["load_average"]
     others = other_cpu_load(cpu_before, cpu_seconds(), time.perf_counter() - began_run)
     machine["other_cpu_load"] = None if others is None else round(others, 3)
-    return {"schema": SCHEMA, "backend": rn.NAME, "fast_path": kit.fast_path, "quick": settings.quick,
-            "settings": asdict(settings), "machine": machine,
-            "measurements": sorted(entries, key=lambda e: list(MEASUREMENTS).index(e["name"]))}
+    return {
+        "schema": SCHEMA,
+        "backend": rn.NAME,
+        "fast_path": kit.fast_path,
+        "quick": settings.quick,
+        "settings": asdict(settings),
+        "machine": machine,
+        "measurements": sorted(entries, key=lambda e: list(MEASUREMENTS).index(e["name"])),
+    }

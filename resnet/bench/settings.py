@@ -14,6 +14,8 @@ SCHEMA = 1
 MEASUREMENTS: dict[str, str] = {
     "resnet18_train": "ResNet-18 SGD train step, NumPy NCHW batch in, loss out",
     "resnet18_infer": "ResNet-18 inference, NumPy NCHW batch in, logits out",
+    "resnet18_train_book": "ResNet-18 SGD train step vs the chapter's own code, NumPy NCHW batch in, loss out",
+    "resnet18_infer_book": "ResNet-18 inference vs the chapter's own code, NumPy NCHW batch in, logits out",
     "resnet18_train_compiled": "torch only: ours under torch.compile vs ours eager, train step",
     "resnet18_infer_compiled": "torch only: ours under torch.compile vs ours eager, inference",
     "resnet18_train_parallel": "ResNet-18 train step through the data-parallel engine on one replica vs the plain step",
@@ -26,20 +28,35 @@ MEASUREMENTS: dict[str, str] = {
     "matmul_peak": "float32 matrix product on the framework's fast path (best of the repeats)",
     "recipe": "the chapter's recipe: resnet.training.fit, ResNet-18, 10 epochs of Fashion-MNIST's size, seconds",
 }
-_STOCK_MODELS = ("the chapter's model with the framework's stock layers: torch nn.LazyConv2d/LazyBatchNorm2d/"
-                 "LazyLinear; Keras Conv2D/BatchNormalization/Dense with the book's padding='same'; Flax nn.Conv/"
-                 "nn.BatchNorm/nn.Dense with padding='same'; Gluon Conv2D/BatchNorm/Dense as HybridBlocks")
+_STOCK_MODELS = (
+    "the chapter's model with the framework's stock layers: torch nn.LazyConv2d/LazyBatchNorm2d/"
+    "LazyLinear; Keras Conv2D/BatchNormalization/Dense with the book's padding='same'; Flax nn.Conv/"
+    "nn.BatchNorm/nn.Dense with padding='same'; Gluon Conv2D/BatchNorm/Dense as HybridBlocks"
+)
+_BOOK_MODELS = (
+    "the chapter's ResNet-18 as its code cells write it (tests/fixtures/d2l-resnet-chapter.md): torch nn.Module "
+    "Residual in nested nn.Sequential, Xavier-uniform init_cnn; Keras Residual models in nested Sequential "
+    "models; Flax Residual modules in nested nn.Sequential with avg_pool; MXNet under npx.set_np() with "
+    "mxnet.np arrays, nn.Block Residual in nested nn.Sequential, Xavier init"
+)
 #: name -> what the reference side is (None: no reference).
 REFERENCES: dict[str, str | None] = {
     "resnet18_train": _STOCK_MODELS + "; stepped by torch.optim.SGD in eager mode, a tf.function step with "
     "keras.optimizers.SGD, a jax.jit step with optax.sgd, a hybridized net with gluon.Trainer",
     "resnet18_infer": _STOCK_MODELS + "; run eagerly under no_grad, in a tf.function, jax.jit, hybridized",
+    "resnet18_train_book": _BOOK_MODELS + "; stepped as d2l's Trainer steps it (torch.optim.SGD in eager mode, a "
+    "tf.function step with keras.optimizers.SGD, a jax.jit step with optax.sgd, gluon.Trainer on the averaged loss "
+    "under numpy semantics)",
+    "resnet18_infer_book": _BOOK_MODELS + "; run eagerly under no_grad, in a tf.function, jax.jit, hybridized",
     "resnet18_train_compiled": "ours in eager mode (the default)",
     "resnet18_infer_compiled": "ours in eager mode (the default)",
     "resnet18_train_parallel": "ours, the plain train step (make_train_step): DistributedDataParallel, a jax.sharding "
     "mesh, a tf.distribute strategy, a Gluon kvstore against no engine",
-    **{name: "the same block with the framework's grouped convolution: groups=g (torch, Gluon; Keras' Conv2D "
-       "runs it through XLA), feature_group_count=g (Flax)" for name in ("resnext_g2", "resnext_g8", "resnext_g32")},
+    **{
+        name: "the same block with the framework's grouped convolution: groups=g (torch, Gluon; Keras' Conv2D "
+        "runs it through XLA), feature_group_count=g (Flax)"
+        for name in ("resnext_g2", "resnext_g8", "resnext_g32")
+    },
     "data_pipeline": None,
     "import_resnet": None,
     "import_backend": "the framework alone (import torch; tensorflow, keras; jax, flax.linen, optax; mxnet)",
@@ -47,8 +64,13 @@ REFERENCES: dict[str, str | None] = {
     "recipe": None,
 }
 #: name -> unit, where it is not images per second.
-UNITS: dict[str, str] = {"data_pipeline": "batches/s", "import_resnet": "s", "import_backend": "s",
-                         "matmul_peak": "GFLOP/s", "recipe": "s"}
+UNITS: dict[str, str] = {
+    "data_pipeline": "batches/s",
+    "import_resnet": "s",
+    "import_backend": "s",
+    "matmul_peak": "GFLOP/s",
+    "recipe": "s",
+}
 #: torch only; measured under ``--quick`` only when named in ``--only`` (compiling takes minutes).
 COMPILED = ("resnet18_train_compiled", "resnet18_infer_compiled")
 #: The ResNeXt rows and their number of groups.
@@ -83,11 +105,24 @@ class Settings:
     recipe_examples: int | None = None  # None: Fashion-MNIST's 60,000 + 10,000
 
     @classmethod
-    def quick_settings(cls) -> "Settings":
+    def quick_settings(cls) -> Settings:
         """Tiny sizes for CI and the tests: batch 8, 32x32, 2 repeats; the numbers mean nothing."""
-        return cls(batch_size=8, image_size=32, block_batch=2, block_size=16, data_batches=2, matmul_n=256,
-                   repeats=2, target_seconds=0.05, model_min_steps=1, warmup=1, import_repeats=1, quick=True,
-                   recipe_epochs=1, recipe_examples=64)
+        return cls(
+            batch_size=8,
+            image_size=32,
+            block_batch=2,
+            block_size=16,
+            data_batches=2,
+            matmul_n=256,
+            repeats=2,
+            target_seconds=0.05,
+            model_min_steps=1,
+            warmup=1,
+            import_repeats=1,
+            quick=True,
+            recipe_epochs=1,
+            recipe_examples=64,
+        )
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
