@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import INSTALLED
 
 from resnet.data import Batches, prefetch, random_like_fashion_mnist
 from resnet.init import initial_weights
@@ -120,3 +121,52 @@ def test_random_stand_in_has_fashion_mnist_sizes():
     data = random_like_fashion_mnist(60)
     assert data.train_images.shape == (60, 1, 28, 28) and data.val_images.shape == (10, 1, 28, 28)
     assert data.train_images.dtype == np.uint8 and data.num_classes == 10 and "accuracy means nothing" in data.note
+
+
+if "jax" in INSTALLED:  # how XLA's CPU backend computes convolutions: JAX's alone
+    # (batch, size, in, out, kernel, stride, padding), and the primitive that shows the CPU path was taken:
+    # the kernel gradient in chunks of images (a last chunk smaller than the others) for 3x3 convolutions and
+    # the 7x7/2 stem, 1x1/2 as a matrix product.
+    CPU_CONV_CASES = [
+        ((12, 12, 3, 5, 3, 1, 1), "custom_vjp_call"),
+        ((11, 24, 4, 6, 3, 2, 1), "custom_vjp_call"),
+        ((10, 24, 1, 4, 7, 2, 3), "custom_vjp_call"),
+        ((10, 8, 4, 6, 1, 2, 0), "dot_general"),
+    ]
+
+    CPU_CONV_IDS = ["n{}-{}px-{}to{}-k{}s{}p{}".format(*case) for case, _ in CPU_CONV_CASES]
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    @pytest.mark.parametrize(("case", "marker"), CPU_CONV_CASES, ids=CPU_CONV_IDS)
+    def test_jax_cpu_convolution_matches_xla_convolution(case, marker, dtype):
+        """The CPU path of the JAX backend's convolutions gives lax.conv_general_dilated's outputs and gradients
+        (input and kernel), and really is another computation than XLA's convolution for these shapes."""
+        import jax
+        from jax import lax
+        from resnet.backends.jax.layers import CpuConvGeneralDilated
+
+        batch, size, c_in, c_out, kernel, stride, pad = case
+        rng = np.random.default_rng(4)
+        x = rng.standard_normal((batch, size, size, c_in)).astype(dtype)
+        w = rng.standard_normal((kernel, kernel, c_in, c_out)).astype(dtype)
+        args = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+        dims = ("NHWC", "HWIO", "NHWC")
+
+        def ours(x, w):
+            return CpuConvGeneralDilated()(x, w, dimension_numbers=dims, **args)
+
+        def xla(x, w):
+            return lax.conv_general_dilated(x, w, dimension_numbers=dims, **args)
+
+        with jax.enable_x64(dtype == "float64"):
+            expected, xla_vjp = jax.vjp(xla, x, w)
+            output, our_vjp = jax.vjp(jax.jit(ours), x, w)
+            out_grad = rng.standard_normal(expected.shape).astype(dtype)
+            assert marker in str(jax.make_jaxpr(ours)(x, w)) and marker not in str(jax.make_jaxpr(xla)(x, w))
+            got_grads, expected_grads = our_vjp(out_grad), xla_vjp(out_grad)
+        rtol, atol = (1e-5, 1e-4) if dtype == "float32" else (1e-12, 1e-11)
+        assert output.dtype == expected.dtype == dtype
+        np.testing.assert_allclose(output, expected, rtol=rtol, atol=atol, err_msg="output")
+        for name, got, want in zip(("input grad", "kernel grad"), got_grads, expected_grads, strict=True):
+            assert got.dtype == dtype, name
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
