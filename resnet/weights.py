@@ -30,6 +30,7 @@ __all__ = [
     "FORMAT",
     "NoModelDescriptionError",
     "NonFiniteWeightsError",
+    "OldPreactLayoutError",
     "WeightsFileError",
     "WeightsMismatchError",
     "check_arrays",
@@ -66,6 +67,11 @@ _UNREADABLE = "is not a readable safetensors weights file"
 
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the model: lists missing, unexpected and misshapen tensors and wrong dtypes."""
+
+
+class OldPreactLayoutError(WeightsMismatchError):
+    """A weights file of a pre-activation model in the old layout of resnet 0.1.0 (BN and ReLU in the stem,
+    ``b1.bn.*``), loaded into a pre-activation model of today's layout, which has none there."""
 
 
 class WeightsFileError(ValueError):
@@ -252,6 +258,9 @@ def check_arrays(expected: Mapping[str, Any], found: Mapping[str, np.ndarray], s
         f"{name}: {found[name].dtype}" for name in expected if name in found and found[name].dtype not in FILE_DTYPES
     ]
     if missing or unexpected or misshapen or wrong_dtype:
+        stem_bn = [name for name in unexpected if name.startswith(_STEM_BN)]
+        if stem_bn and "b1.conv.weight" in expected and not any(name.startswith(_STEM_BN) for name in expected):
+            raise OldPreactLayoutError(_old_preact_layout(source, stem_bn, found, [missing, misshapen, wrong_dtype]))
         lines = [f"{source} does not fit this model:"]
         groups = (
             ("missing", missing),
@@ -269,6 +278,35 @@ def check_arrays(expected: Mapping[str, Any], found: Mapping[str, np.ndarray], s
             f"loads, converted to this model's {dtype}); integer, bool, complex and float16 tensors are refused."
         )
         raise WeightsMismatchError("\n".join(lines))
+
+
+#: The start of the canonical names of the stem's BatchNorm, which only the old pre-activation layout has in a
+#: model whose stem has none.
+_STEM_BN = "b1.bn."
+
+
+def _old_preact_layout(
+    source: str, stem_bn: list[str], found: Mapping[str, np.ndarray], others: list[list[str]]
+) -> str:
+    """The message for a file of the old pre-activation layout: what it is, what changed, what can be done."""
+    scale = found.get(_STEM_BN + "weight")
+    channels = f" for {scale.shape[0]} channels" if scale is not None and scale.ndim == 1 else ""
+    trainable = sum(int(np.asarray(found[name]).size) for name in stem_bn if name.endswith((".weight", ".bias")))
+    lines = [
+        f"{source} holds a pre-activation model in the old layout (resnet 0.1.0's preact_resnet*): a BatchNorm and "
+        f"ReLU between the stem's convolution and its max pooling ({', '.join(sorted(stem_bn))}: {trainable} "
+        f"trainable parameters{channels}). The pre-activation models now have none there, as in He et al.'s code for "
+        "'Identity Mappings in Deep Residual Networks', timm's ResNetV2 and Keras Hub (use_pre_activation=True): "
+        "the stem is the convolution and the max pooling, and the first block's bn1 normalizes the pooled output.",
+        "These weights do not load as they are, and no conversion keeps what they compute: the stem's BN and ReLU "
+        "were part of the function the model learned (the ReLU cannot be folded into the convolution). Retrain the "
+        "model with this version (resnet train --model ...); or, to start from these weights anyway, drop the "
+        "b1.bn.* tensors (resnet.weights.read_weights, delete them, resnet.weights.write_weights) and fine-tune: "
+        "until then it computes something other than the saved model did.",
+    ]
+    titles = ("missing", "misshapen", "wrong dtype")
+    lines += [f"  also {title} ({len(names)}): " + ", ".join(names) for title, names in zip(titles, others) if names]
+    return "\n".join(lines)
 
 
 def check_finite(arrays: Mapping[str, np.ndarray], source: str) -> None:

@@ -22,6 +22,7 @@ from resnet.init import initial_weights
 from resnet.models import MODELS, build_model, model_entry
 from resnet.shapes import family_table, macs, model_part_shapes, num_trainable, tensor_infos
 from resnet.specs import ConvSpec, PoolSpec, StemSpec
+from resnet.walk import tensors
 
 #: torchvision's trainable parameters (3 input channels, 1000 classes) and multiply-adds at 224x224 (G).
 TORCHVISION = {
@@ -34,6 +35,16 @@ TORCHVISION = {
     "resnext101_32x8d": (88_791_336, 16.41),
 }
 IMAGENET = (1, 3, 224, 224)
+#: timm's ResNetV2 (resnetv2_18 ... resnetv2_152, BatchNorm): trainable parameters (3 input channels, 1000 classes).
+#: resnetv2_18's was measured against timm; the others have the same layers (the stem without BN, pre-activated
+#: projections, a final BN), so their counts follow: each is the old layout's minus the stem BN's 128.
+TIMM_RESNETV2 = {
+    "preact_resnet18": 11_687_720,
+    "preact_resnet34": 21_795_880,
+    "preact_resnet50": 25_549_352,
+    "preact_resnet101": 44_541_480,
+    "preact_resnet152": 60_185_128,
+}
 
 
 # ------------------------------------------------------------------------- the descriptions (no framework)
@@ -74,6 +85,47 @@ def test_torchvision_convention_and_paper_option():
     paper = dict(specs.family_spec("resnet50", stride_in_1x1=True).stages)["b3"][0].layers(256)
     assert (paper["conv1"].stride, paper["conv2"].stride) == (2, 1)
     assert macs(specs.family_spec("resnet50", stride_in_1x1=True), IMAGENET) / 1e9 == pytest.approx(3.86, rel=0.01)
+
+
+@pytest.mark.parametrize("name", TIMM_RESNETV2)
+def test_preact_counts_match_timm(name):
+    spec = specs.family_spec(name)
+    assert num_trainable(spec, IMAGENET) == TIMM_RESNETV2[name]
+    assert num_trainable(specs.family_spec(name, stride_in_1x1=True), IMAGENET) == TIMM_RESNETV2[name]
+    # the same multiply-adds as the post-activation model of the same depth: the stem's BN was never counted
+    assert macs(spec, IMAGENET) == macs(specs.family_spec(name.removeprefix("preact_")), IMAGENET)
+
+
+def test_preact_stem_has_no_batch_norm():
+    """timm's ResNetV2, Keras Hub's use_pre_activation=True and He et al.'s code: the convolution, then the max
+    pooling, with no BN or ReLU between them (every block starts with its own); every other stem has them."""
+    for name in specs.FAMILY:
+        stem = specs.family_spec(name).stem
+        preact = name.startswith("preact_")
+        assert stem.preact == preact and list(stem.layers()) == (["conv"] if preact else ["conv", "bn"]), name
+        assert ("no BN or ReLU" in stem.describe()) == preact, name
+    stem = specs.family_spec("preact_resnet18").stem
+    assert stem.pool == PoolSpec(3, 2, 1) and stem.layers()["conv"] == ConvSpec(64, 7, 2, 3, bias=False, in_channels=3)
+    assert stem.describe() == (
+        "a 7x7/2 convolution and 3x3/2 max pooling, no BN or ReLU between them (each block starts with its own)"
+    )
+    assert "no BN or ReLU between them" in " ".join(specs.FAMILY["preact_resnet50"].docstring.split())
+    assert [t.name for t in tensors(specs.family_spec("preact_resnet18"))][:2] == ["b1.conv.weight", "b2.0.bn1.weight"]
+    with pytest.raises(ValueError, match="preact must be True or False"):
+        StemSpec(preact="yes")
+
+
+def test_stem_description_reads_as_before_unless_preact():
+    """A stem's repr (held in every checkpoint's header, compared on --resume) leaves ``preact=False`` out, so the
+    descriptions of every model but the pre-activation ones are what they were before the field existed."""
+    assert repr(specs.family_spec("resnet50").stem) == (
+        "StemSpec(channels=64, conv_bias=False, in_channels=3, kernel=7, stride=2, max_pool=True)"
+    )
+    assert (
+        repr(StemSpec()) == "StemSpec(channels=64, conv_bias=True, in_channels=None, kernel=7, stride=2, max_pool=True)"
+    )
+    assert repr(specs.family_spec("preact_resnet18").stem).endswith("max_pool=True, preact=True)")
+    assert eval(repr(specs.family_spec("preact_resnet18").stem)) == specs.family_spec("preact_resnet18").stem
 
 
 def test_preact_models_are_resnet_v2():

@@ -178,3 +178,50 @@ def test_model_inference_matches_reference(rn, name):
     rn.build(model, x.shape)
     rn.set_arrays(model, weights)
     assert_close(resnet.forward(model, x), expected, 1e-4, f"{name} inference output")
+
+
+# ------------------------------------------------------------------ float64: the reference's numbers, to 1e-10
+
+#: Small models in float64: ResNeXt bottlenecks whose grouped convolutions take each of MXNet's paths (64
+#: channels in 8 groups: chunks of 16 block-diagonal channels; 128 in 8: Gluon's own grouped kernel), and a
+#: pre-activation model (its stem's convolution straight into the max pooling, negative values included).
+FLOAT64_SPECS = {
+    "resnext_chunked": specs.resnet_spec("bottleneck", (1, 1), (32, 64), 10, 3, 8, 16, stem_channels=16),
+    "preact_bottleneck": specs.resnet_spec("preact_bottleneck", (2, 1), (8, 16), 10, 3, stem_channels=16),
+}
+
+
+@pytest.mark.parametrize("name", FLOAT64_SPECS)
+def test_float64_model_matches_reference_to_1e10(rn, name):
+    """A float64 model computes the reference's float64 numbers: inference and training-mode outputs, every
+    weight's gradient and the BatchNorm running averages after a training pass (MXNet's with the exact momentum,
+    not its operator's float32 one), each within 1e-10 of the largest value of its tensor (absolute below 1)."""
+    spec, shape = FLOAT64_SPECS[name], (2, 3, 16, 16)
+    weights = {k: v.astype(np.float64) for k, v in reference_weights(spec, shape, seed=1).items()}
+    x = np.random.default_rng(2).standard_normal(shape)
+    output_grad = np.random.default_rng(3).standard_normal((2, 10))
+    model = rn.ResNet(spec=spec, dtype="float64")
+    rn.build(model, shape)
+    rn.set_arrays(model, weights)
+    assert rn.dtype_of(model) == "float64"
+
+    def close(actual, expected, what):
+        assert_close(actual, expected, 1e-10 * max(1.0, float(np.abs(expected).max())), what)
+
+    close(resnet.forward(model, x), Reference(spec, weights).forward(x), "inference output")
+    if rn.NAME == "tensorflow" and name == "resnext_chunked":
+        # Found by this test, not fixed yet: TensorFlow's CPU kernels have no gradient of a float64 grouped
+        # convolution ("Gradients for grouped convolutions are not supported on CPU"); float32 takes another path.
+        pytest.xfail("TensorFlow on a CPU: no gradient of a float64 grouped convolution")
+    reference = Reference(spec, weights)
+    expected_output, expected_grads = reference.vjp(x, output_grad)
+    output, grads = rn.vjp(model, x, output_grad)
+    close(output, expected_output, "training-mode output")
+    for tensor, value in expected_grads.items():
+        if tensor != "input":
+            close(grads[tensor], value, f"gradient of {tensor}")
+    after = rn.get_arrays(model)
+    running = [tensor for tensor in reference.weights if "running" in tensor]
+    assert running
+    for tensor in running:
+        close(after[tensor], reference.weights[tensor], f"{tensor} after one training pass")

@@ -4,6 +4,7 @@ files loading unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import io
 import itertools
@@ -37,6 +38,7 @@ from resnet.shapes import tensor_infos
 from resnet.weights import (
     NoModelDescriptionError,
     NonFiniteWeightsError,
+    OldPreactLayoutError,
     WeightsFileError,
     check_finite,
     model_description,
@@ -314,6 +316,50 @@ def test_family_model_refuses_a_file_for_other_input_channels_unbuilt(rn, tmp_pa
     ):
         resnet.load_weights(model, path)
     assert not rn.is_built(model)
+
+
+@pytest.mark.parametrize("built", [True, False], ids=["built", "unbuilt"])
+def test_old_preact_layout_is_named_with_what_to_do(rn, tmp_path, built):
+    """A pre-activation model's file from the old layout (release 0.1.0's: BN and ReLU in the stem, ``b1.bn.*``)
+    is refused, built or not, saying what the file is, what changed and what can be done; the model is unchanged.
+    Dropping the stem's BN, as the message says, gives a file that loads."""
+    case = SMALL_FAMILY_MODELS[1]  # a small pre-activation model, 16 stem channels
+    assert case.spec.stem.preact and "b1.bn" not in case.spec.stem.layers()
+    old = dataclasses.replace(case.spec, stem=dataclasses.replace(case.spec.stem, preact=False))
+    arrays = reference_weights(old, case.input_shape, seed=0)
+    path = tmp_path / "old-preact.safetensors"
+    write_weights(arrays, path, {"spec": repr(old)})
+    model = case.make(rn)
+    if built:
+        resnet.output_shape(model, case.input_shape)
+        before = rn.get_arrays(model)
+    with pytest.raises(OldPreactLayoutError) as caught:
+        resnet.load_weights(model, path)
+    message = str(caught.value)
+    assert isinstance(caught.value, resnet.WeightsMismatchError)
+    assert "old layout (resnet 0.1.0's preact_resnet*)" in message
+    assert "b1.bn.bias, b1.bn.running_mean, b1.bn.running_var, b1.bn.weight: 32 trainable parameters for 16" in message
+    assert "timm's ResNetV2" in message and "Retrain" in message and "drop the b1.bn.* tensors" in message
+    assert "also" not in message  # nothing else is wrong with the file
+    if built:
+        assert all(np.array_equal(rn.get_arrays(model)[name], value) for name, value in before.items())
+    else:
+        assert not rn.is_built(model)
+    dropped = {name: value for name, value in arrays.items() if not name.startswith("b1.bn.")}
+    write_weights(dropped, tmp_path / "dropped.safetensors", {})
+    loaded = rn.get_arrays(resnet.load_weights(model, tmp_path / "dropped.safetensors"))
+    assert all(np.array_equal(loaded[name], np.float32(value)) for name, value in dropped.items())
+
+
+def test_old_preact_layout_with_other_misfits_lists_them(rn, tmp_path):
+    """The old layout's stem BN and another misfit: the old layout is named, and the rest listed too."""
+    case = SMALL_FAMILY_MODELS[1]
+    old = dataclasses.replace(case.spec, stem=dataclasses.replace(case.spec.stem, preact=False))
+    arrays = reference_weights(old, case.input_shape, seed=0)
+    del arrays["last.fc.bias"]
+    write_weights(arrays, tmp_path / "old.safetensors", {})
+    with pytest.raises(OldPreactLayoutError, match=r"(?s)old layout.*also missing \(1\): last.fc.bias"):
+        resnet.load_weights(case.make(rn), tmp_path / "old.safetensors")
 
 
 @pytest.mark.parametrize("value, counts", [(np.nan, "3 NaN"), (np.inf, "3 \\+inf"), (-np.inf, "3 -inf")])

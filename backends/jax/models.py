@@ -31,18 +31,20 @@ make_block = functools.partial(specs.build_block, blocks)
 
 class Stem(nn.Module):
     """The book's ``b1``: convolution, BN, ReLU and max pooling (7x7/2 and 3x3/2 in the chapter's stem; no pooling
-    in a stem without, such as the multi-GPU ResNet-18's)."""
+    in a stem without, such as the multi-GPU ResNet-18's; no BN or ReLU in a pre-activation one)."""
 
     spec: StemSpec = StemSpec()
     training: bool = True
 
     def setup(self) -> None:
-        for name, layer in self.spec.layers().items():  # conv, bn
+        for name, layer in self.spec.layers().items():  # conv, bn (not in a pre-activation stem)
             setattr(self, name, make_layer(layer, self.training))
 
     def __call__(self, X: jax.Array) -> jax.Array:
         pool = self.spec.pool
-        X = nn.relu(self.bn(self.conv(X)))
+        X = self.conv(X)
+        if not self.spec.preact:
+            X = nn.relu(self.bn(X))
         if pool is None:
             return X
         # Explicit padding: nn.max_pool pads with -inf, so padded cells never win.
@@ -132,8 +134,8 @@ model turns on for the process (``jax_enable_x64``: JAX has no per-array switch)
 
     @nn.nowrap
     def b1(self, name: str | None = None) -> Stem:
-        """The stem: convolution, BN, ReLU and max pooling, as ``spec.stem`` describes (``name``: the Flax name,
-        which the model gives its parts)."""
+        """The stem: convolution, BN, ReLU and max pooling, as ``spec.stem`` describes (no BN or ReLU in a
+        pre-activation stem; ``name``: the Flax name, which the model gives its parts)."""
         return Stem(self.spec.stem, self.training, name=name)
 
     @nn.nowrap

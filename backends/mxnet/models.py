@@ -70,15 +70,13 @@ class ResNet(BothSemantics):
 
     def b1(self) -> nn.HybridSequential:
         """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
-        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
+        pooling in a stem without, such as the multi-GPU ResNet-18's; no BN or ReLU in a pre-activation one)."""
         layers, pool = self.spec.stem.layers(), self.spec.stem.pool
 
         def parts() -> dict[str, nn.HybridBlock]:
-            stem = dict(
-                conv=make_layer(layers["conv"], "conv_"),
-                bn=make_layer(layers["bn"], "bn_"),
-                relu=nn.Activation("relu", prefix="relu_"),
-            )
+            stem = dict(conv=make_layer(layers["conv"], "conv_"))
+            if "bn" in layers:  # not in a pre-activation stem
+                stem.update(bn=make_layer(layers["bn"], "bn_"), relu=nn.Activation("relu", prefix="relu_"))
             if pool is not None:
                 # Padded cells never win: MXNet's max pooling takes the maximum over the real cells only.
                 stem["pool"] = nn.MaxPool2D(pool.kernel, pool.stride, pool.padding, prefix="pool_")

@@ -130,13 +130,11 @@ class ResNet(keras.Model):
 
     def b1(self) -> Sequential:
         """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
-        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
+        pooling in a stem without, such as the multi-GPU ResNet-18's; no BN or ReLU in a pre-activation one)."""
         layers, pool, dtype = self.spec.stem.layers(), self.spec.stem.pool, self.dtype_policy
-        parts = [
-            make_layer(layers["conv"], dtype, name="conv"),
-            make_layer(layers["bn"], dtype, name="bn"),
-            keras.layers.ReLU(dtype=dtype, name="relu"),
-        ]
+        parts = [make_layer(layers["conv"], dtype, name="conv")]
+        if "bn" in layers:  # not in a pre-activation stem
+            parts += [make_layer(layers["bn"], dtype, name="bn"), keras.layers.ReLU(dtype=dtype, name="relu")]
         if pool is not None:
             parts.append(MaxPool2d(pool.kernel, pool.stride, pool.padding, dtype=dtype, name="pool"))
         return Sequential(parts, dtype=dtype, name="b1")

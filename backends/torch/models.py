@@ -49,11 +49,11 @@ class ResNet(nn.Module):
 
     def b1(self) -> nn.Sequential:
         """The stem: convolution, BN, ReLU and max pooling (the book's 7x7/2 convolution and 3x3/2 pooling; no
-        pooling in a stem without, such as the multi-GPU ResNet-18's)."""
+        pooling in a stem without, such as the multi-GPU ResNet-18's; no BN or ReLU in a pre-activation one)."""
         layers, pool = self.spec.stem.layers(), self.spec.stem.pool
-        parts: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=make_layer(layers["conv"]), bn=make_layer(layers["bn"]), relu=nn.ReLU()
-        )
+        parts: OrderedDict[str, nn.Module] = OrderedDict(conv=make_layer(layers["conv"]))
+        if "bn" in layers:  # not in a pre-activation stem
+            parts.update(bn=make_layer(layers["bn"]), relu=nn.ReLU())
         if pool is not None:
             parts["pool"] = nn.MaxPool2d(pool.kernel, pool.stride, pool.padding)
         return nn.Sequential(parts)

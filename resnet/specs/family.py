@@ -49,8 +49,9 @@ def resnet_spec(
     stem: str = "imagenet",
 ) -> ModelSpec:
     """An ImageNet-style ResNet as torchvision builds it: the stem (7x7/2 convolution without bias, BN, ReLU,
-    3x3/2 max pooling), one stage per entry of ``depths`` (``b2``, ``b3``...) and the head (global average
-    pooling, dense; with BN and ReLU first in a pre-activation model). With ``block="residual"``, a ResNet of the
+    3x3/2 max pooling; no BN or ReLU in a pre-activation model, as in timm's ResNetV2), one stage per entry of
+    ``depths`` (``b2``, ``b3``...) and the head (global average pooling, dense; with BN and ReLU first in a
+    pre-activation model). With ``block="residual"``, a ResNet of the
     chapter's ``Residual`` blocks, in the book's convention: convolution biases, the stem's too.
 
     Each stage's first block has stride 2 (stride 1 in the first stage) and a projection shortcut when the
@@ -102,6 +103,7 @@ def resnet_spec(
         channels=stem_channels,
         conv_bias=block == "residual",
         in_channels=positive_int(in_channels, "in_channels"),
+        preact=preact,  # no BN or ReLU in the stem: the first block's bn1 normalizes the pooled output
         **STEMS[stem],
     )
     return ModelSpec(
@@ -196,7 +198,8 @@ class FamilyModel:
             body = (
                 "Pre-activation (ResNet v2): BN and ReLU before each convolution, nothing after the additions, and "
                 "a final BN and ReLU before the pooling. Projection shortcuts are bare 1x1 convolutions on the "
-                "pre-activated input. No convolution biases."
+                "pre-activated input. No convolution biases. The layers are those of timm's ResNetV2 "
+                "(resnetv2_18 ... resnetv2_152) and Keras Hub's ResNet with use_pre_activation=True."
             )
         elif book:
             body = (

@@ -7,7 +7,7 @@ A model description lists its top-level parts by the book's names (``b1`` the st
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from resnet.specs.blocks import BlockSpec, ResidualSpec, residual
 from resnet.specs.layers import BatchNormSpec, ConvSpec, DenseSpec, LayerSpec, PoolSpec
@@ -43,6 +43,12 @@ class StemSpec:
 
     ``in_channels`` None (the book's models) takes whatever channels the first input has; the family's
     models fix it, and an input with other channels is a ValueError.
+
+    ``preact=True`` is the stem of the pre-activation models (ResNet v2): the convolution and the max pooling
+    alone, no BN or ReLU between them, since every pre-activation block starts with its own BN and ReLU (as in
+    He et al.'s code for "Identity Mappings in Deep Residual Networks", timm's ResNetV2 and Keras Hub's
+    ``use_pre_activation=True``). Its max pooling then sees negative values: its padded cells are minus
+    infinity, as everywhere here.
     """
 
     channels: int = 64
@@ -51,6 +57,7 @@ class StemSpec:
     kernel: int = 7
     stride: int = 2
     max_pool: bool = True
+    preact: bool = False
 
     def __post_init__(self) -> None:
         # An even kernel cannot be padded symmetrically to keep the size (kernel // 2 on each side).
@@ -58,6 +65,13 @@ class StemSpec:
             raise ValueError(f"the stem's kernel must be odd (padded by kernel // 2 on each side), got {self.kernel}")
         positive_int(self.stride, "the stem's stride")
         flag(self.max_pool, "max_pool")
+        flag(self.preact, "preact")
+
+    def __repr__(self) -> str:
+        # preact=False is left out: the description of every stem but the pre-activation one reads as before the
+        # field existed, so checkpoints that hold it (resnet train's header, rundir.resume_point) still match.
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "preact" or self.preact]
+        return f"StemSpec({', '.join(shown)})"
 
     @property
     def pool(self) -> PoolSpec | None:
@@ -65,7 +79,8 @@ class StemSpec:
         return PoolSpec(3, 2, 1) if self.max_pool else None
 
     def layers(self, in_channels: int | None = None) -> dict[str, LayerSpec]:
-        """Canonical name -> layer (the same names, ``conv`` and ``bn``, whatever the kernel or pooling)."""
+        """Canonical name -> layer: ``conv`` and ``bn`` whatever the kernel or pooling; ``conv`` alone in a
+        pre-activation stem."""
         conv = ConvSpec(
             self.channels,
             self.kernel,
@@ -74,12 +89,17 @@ class StemSpec:
             bias=self.conv_bias,
             in_channels=in_channels or self.in_channels,
         )
-        return {"conv": conv, "bn": BatchNormSpec(self.channels)}
+        return {"conv": conv} if self.preact else {"conv": conv, "bn": BatchNormSpec(self.channels)}
 
     def describe(self) -> str:
         """The stem in words, e.g. ``"a 7x7/2 convolution, BN, ReLU and 3x3/2 max pooling"``."""
         conv = f"a {self.kernel}x{self.kernel}/{self.stride} convolution"
         pool = self.pool
+        if self.preact:
+            end = (
+                "without max pooling" if pool is None else f"and {pool.kernel}x{pool.kernel}/{pool.stride} max pooling"
+            )
+            return f"{conv} {end}, no BN or ReLU between them (each block starts with its own)"
         if pool is None:
             return f"{conv}, BN and ReLU, without max pooling"
         return f"{conv}, BN, ReLU and {pool.kernel}x{pool.kernel}/{pool.stride} max pooling"
