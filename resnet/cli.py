@@ -5,6 +5,8 @@ resnet train --dataset digits --epochs 3 --resize 32 --lr 0.05   # a quick run w
 resnet summary resnet18                 # the layer summary in the selected backend
 resnet --backend jax summary resnet50   # choose the backend here instead of RESNET_BACKEND
 resnet family                           # the ResNet family: parameters and multiply-adds (no framework)
+resnet convert resnet50.pth --from torchvision --model resnet50 -o resnet50.safetensors   # published -> ours
+resnet convert resnet50.safetensors --to transformers -o resnet-50/                       # ours -> published
 """
 
 from __future__ import annotations
@@ -155,7 +157,30 @@ def _parser() -> argparse.ArgumentParser:
     family.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     family.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
     family.add_argument("--num-classes", type=int, default=1000, help="outputs of the head (default 1000)")
+    convert = _command(commands, "convert", "convert published checkpoints to neutral weights files and back")
+    convert.add_argument("source", help="a checkpoint file or Hugging Face model directory (--from), or ours (--to)")
+    convert.add_argument("--from", dest="from_", metavar="FORMAT", help="torchvision, timm, transformers, keras-hub")
+    convert.add_argument("--to", metavar="FORMAT", help="torchvision, timm (a .safetensors or .pth file), transformers")
+    convert.add_argument(
+        "--model", help="with --from: the architecture, e.g. resnet50 (transformers: default from config.json)"
+    )
+    convert.add_argument("-o", "--out", required=True, help="the file (or transformers model directory) to write")
+    convert.add_argument("--num-classes", type=int, help="with --from: outputs of the head (default: the checkpoint's)")
+    convert.add_argument(
+        "--stride-in-1x1",
+        action=argparse.BooleanOptionalAction,
+        help="with --from: a bottleneck's stride on its first 1x1 convolution (the paper's, transformers' "
+        "downsample_in_bottleneck) or, with --no-stride-in-1x1, on the 3x3 (torchvision's v1.5); default: what "
+        "config.json says, else v1.5",
+    )
     return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from resnet.checkpoints import run_convert  # imports no framework (torch only to read a .pth)
+
+    print(run_convert(args.source, args.out, args.from_, args.to, args.model, args.num_classes, args.stride_in_1x1))
+    return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -322,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = _chosen_backend(args.backend, getattr(args, "train_backend", None))
         if chosen:
             selection.choose_backend(chosen, "--backend")  # errors then say it was chosen by --backend
-        return {"summary": _summary, "train": _train, "bench": _bench, "family": _family}[args.command](args)
+        commands = {"summary": _summary, "train": _train, "bench": _bench, "family": _family, "convert": _convert}
+        return commands[args.command](args)
     except (ValueError, ImportError, OSError, RunInUseError, FloatingPointError) as error:
         print(f"resnet: error: {error}", file=sys.stderr)
         return 2
