@@ -87,22 +87,28 @@ def _unpad(x: np.ndarray, padding: int) -> np.ndarray:
 
 
 def conv2d(tape: Tape, x: Node, w: Node, b: Node | None, conv: ConvSpec) -> Node:
-    """Grouped, strided convolution with symmetric zero padding; kernel in OIHW."""
+    """Grouped, strided convolution with symmetric zero padding; kernel in OIHW.
+
+    As matrix products over the windows copied out once per group ("im2col", (groups, N*Ho*Wo, C/g*k*k)):
+    NumPy's matmul calls BLAS on contiguous operands, 2.5-12x faster here than einsum over the 7-D window view
+    (measured on ResNet-18's shapes at 16x16, float64), with the same sums.
+    """
     g, k, s = conv.groups, conv.kernel, conv.stride
     xp = _pad(x.value, conv.padding)
     n, c = xp.shape[:2]
-    win = _windows(xp, k, s).reshape(n, g, c // g, *_windows(xp, k, s).shape[2:])  # n g c ho wo k k
-    wg = w.value.reshape(g, w.value.shape[0] // g, *w.value.shape[1:])  # g o c k k
-    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
-    y = y.reshape(n, -1, *y.shape[3:])
+    windows = _windows(xp, k, s)  # n c ho wo k k
+    ho, wo = windows.shape[2:4]
+    cols = windows.reshape(n, g, c // g, ho, wo, k, k).transpose(1, 0, 3, 4, 2, 5, 6).reshape(g, n * ho * wo, -1)
+    wg = w.value.reshape(g, w.value.shape[0] // g, -1)  # g o (c k k)
+    y = (cols @ wg.transpose(0, 2, 1)).reshape(g, n, ho, wo, -1).transpose(1, 0, 4, 2, 3).reshape(n, -1, ho, wo)
     if b is not None:
         y = y + b.value[None, :, None, None]
 
     def backward(dy: np.ndarray):
-        dyg = dy.reshape(n, g, -1, *dy.shape[2:])
-        dw = np.einsum("ngchwij,ngohw->gocij", win, dyg, optimize=True).reshape(w.value.shape)
-        dwin = np.einsum("ngohw,gocij->ngchwij", dyg, wg, optimize=True)
-        dx = _unpad(_unwindow(dwin.reshape(n, c, *dwin.shape[3:]), xp.shape, s), conv.padding)
+        dyg = dy.reshape(n, g, -1, ho, wo).transpose(1, 0, 3, 4, 2).reshape(g, n * ho * wo, -1)  # g (n ho wo) o
+        dw = (dyg.transpose(0, 2, 1) @ cols).reshape(w.value.shape)
+        dwin = (dyg @ wg).reshape(g, n, ho, wo, c // g, k, k).transpose(1, 0, 4, 2, 3, 5, 6)
+        dx = _unpad(_unwindow(dwin.reshape(n, c, ho, wo, k, k), xp.shape, s), conv.padding)
         return (dx, dw) + ((dy.sum(axis=(0, 2, 3)),) if b is not None else ())
 
     return tape.node(y, (x, w) + ((b,) if b is not None else ()), backward)
@@ -284,7 +290,9 @@ class Reference:
     def _model(self, spec: ModelSpec, x: Node) -> Node:
         specs.check_model_input(spec, x.value.shape[1])
         stem = spec.stem.layers()
-        x = self._relu(self._bn("b1.bn", self._conv("b1.conv", x, stem["conv"])))
+        x = self._conv("b1.conv", x, stem["conv"])
+        if "bn" in stem:  # not in a pre-activation stem: its first block's bn1 normalizes the pooled output
+            x = self._relu(self._bn("b1.bn", x))
         if spec.stem.pool is not None:  # the multi-GPU ResNet-18's stem has none
             x = max_pool(self._tape, x, spec.stem.pool)
         for prefix, block in spec.blocks():
