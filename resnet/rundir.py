@@ -32,7 +32,8 @@ import numpy as np
 from resnet.atomic import atomic_path
 from resnet.faults import fault_point
 from resnet.runlock import OWNER
-from resnet.weights import read_weights, write_weights
+from resnet.walk import tensors
+from resnet.weights import OldPreactLayoutError, old_preact_layout_message, read_weights, write_weights
 
 __all__ = [
     "CHECKPOINT",
@@ -252,6 +253,14 @@ def resume_point(
             "starts a new run with --init FILE (fit(init=...)), not --resume"
         )
     if header["spec"] != repr(spec):
+        names = [tensor.name for tensor in tensors(spec)]
+        old_layout = old_preact_layout_message(str(path), names, arrays, [[n for n in names if n not in arrays]])
+        if old_layout is not None:
+            # Its spec differs because the stem changed, not because another --model was given.
+            raise OldPreactLayoutError(
+                f"{old_layout}\nSo this run cannot be resumed: start a new one, with --overwrite "
+                "(fit(overwrite=True)) or another --out."
+            )
         raise ValueError(
             f"{path} was saved from a different model ({header.get('model', '?')}); resume with the same --model, "
             "or choose another --out directory"

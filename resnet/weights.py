@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_finite",
     "load_weights",
     "model_description",
+    "old_preact_layout_message",
     "read_weights",
     "save_weights",
     "write_weights",
@@ -258,9 +259,9 @@ def check_arrays(expected: Mapping[str, Any], found: Mapping[str, np.ndarray], s
         f"{name}: {found[name].dtype}" for name in expected if name in found and found[name].dtype not in FILE_DTYPES
     ]
     if missing or unexpected or misshapen or wrong_dtype:
-        stem_bn = [name for name in unexpected if name.startswith(_STEM_BN)]
-        if stem_bn and "b1.conv.weight" in expected and not any(name.startswith(_STEM_BN) for name in expected):
-            raise OldPreactLayoutError(_old_preact_layout(source, stem_bn, found, [missing, misshapen, wrong_dtype]))
+        old_layout = old_preact_layout_message(source, expected, found, [missing, misshapen, wrong_dtype])
+        if old_layout is not None:
+            raise OldPreactLayoutError(old_layout)
         lines = [f"{source} does not fit this model:"]
         groups = (
             ("missing", missing),
@@ -283,12 +284,30 @@ def check_arrays(expected: Mapping[str, Any], found: Mapping[str, np.ndarray], s
 #: The start of the canonical names of the stem's BatchNorm, which only the old pre-activation layout has in a
 #: model whose stem has none.
 _STEM_BN = "b1.bn."
+#: The start of the canonical names of the BatchNorm in front of the head, which only pre-activation models have.
+_HEAD_BN = "last.bn."
 
 
-def _old_preact_layout(
-    source: str, stem_bn: list[str], found: Mapping[str, np.ndarray], others: list[list[str]]
-) -> str:
-    """The message for a file of the old pre-activation layout: what it is, what changed, what can be done."""
+def old_preact_layout_message(
+    source: str, expected: Iterable[str], found: Mapping[str, np.ndarray], others: list[list[str]]
+) -> str | None:
+    """The message for a file of the old pre-activation layout (what it is, what changed, what can be done), or
+    None unless it is one: the file (``found``) has a stem BatchNorm that the pre-activation model, whose
+    canonical tensor names are ``expected``, has not, and the BatchNorm in front of the head that only a
+    pre-activation model has (so a plain ResNet's file is not taken for one). ``others``: the names missing,
+    misshapen and of a wrong dtype besides, listed after it. Raised as OldPreactLayoutError by ``check_arrays``
+    and by resuming a run (``resnet.rundir``)."""
+    expected = list(expected)
+    stem_bn = [name for name in found if name.startswith(_STEM_BN) and name not in expected]
+    head_bn = [name for name in expected if name.startswith(_HEAD_BN)]
+    if (
+        not stem_bn
+        or not head_bn
+        or not all(name in found for name in head_bn)
+        or "b1.conv.weight" not in expected
+        or any(name.startswith(_STEM_BN) for name in expected)
+    ):
+        return None
     scale = found.get(_STEM_BN + "weight")
     channels = f" for {scale.shape[0]} channels" if scale is not None and scale.ndim == 1 else ""
     trainable = sum(int(np.asarray(found[name]).size) for name in stem_bn if name.endswith((".weight", ".bias")))

@@ -13,7 +13,8 @@ import pytest
 from helpers import CHAPTER_BLOCK_CASES, INSTALLED, SGD_LR, SMALL_RESNET, assert_close, golden, loaded, section
 
 import resnet
-from resnet.reference import Reference
+from resnet import specs
+from resnet.reference import Reference, reference_weights
 from resnet.walk import STATISTICS
 
 SMALL_ARCH = ((1, 64), (1, 32))
@@ -205,6 +206,43 @@ if "mxnet" in INSTALLED:
                 for name, value in section(arrays, "after_sgd").items():
                     assert_close(after[name], value, 2e-5, f"{name} after the user's Gluon step")
             assert (is_np_array(), is_np_shape()) == (caller_numpy, caller_numpy)
+
+    #: Small float64 models: the chapter's ResNet, a ResNeXt whose grouped convolutions MXNet computes in chunks
+    #: of 16 block-diagonal channels, and a pre-activation model.
+    FLOAT64_SPECS = {
+        "chapter_resnet": specs.book_resnet(SMALL_ARCH, 10),
+        "resnext_chunked": specs.resnet_spec("bottleneck", (1, 1), (32, 64), 10, 3, 8, 16, stem_channels=16),
+        "preact_bottleneck": specs.resnet_spec("preact_bottleneck", (2, 1), (8, 16), 10, 3, stem_channels=16),
+    }
+
+    @pytest.mark.parametrize("name", FLOAT64_SPECS)
+    def test_mxnet_float64_models_initialize_and_train_under_numpy_semantics(name):
+        """Under ``npx.set_np()`` a float64 model builds from the hooks' Xavier initializer (before, MXNet's
+        ``_npi_uniform`` refused to draw into a float64 weight), its weights float64 within Xavier's bound, and
+        then computes the reference's float64 numbers: training-mode output and gradients within 1e-10."""
+        from resnet.backends import mxnet as rn
+
+        spec, shape = FLOAT64_SPECS[name], (2, 3, 16, 16)
+        with numpy_semantics():
+            model = rn.ResNet(spec=spec, dtype="float64")
+            rn.build(model, shape)
+            drawn = rn.get_arrays(model)
+            assert {value.dtype for value in drawn.values()} == {np.dtype("float64")}
+            for tensor, value in drawn.items():
+                if value.ndim > 1:  # Xavier's uniform draw: magnitude 3, fans averaged
+                    fans = (value.shape[0] + value.shape[1]) * np.prod(value.shape[2:]) / 2
+                    assert 0 < np.abs(value).max() <= np.sqrt(3 / fans), tensor
+            weights = {k: v.astype(np.float64) for k, v in reference_weights(spec, shape, seed=1).items()}
+            rn.set_arrays(model, weights)
+            x = np.random.default_rng(2).standard_normal(shape)
+            output_grad = np.random.default_rng(3).standard_normal((2, 10))
+            output, grads = rn.vjp(model, x, output_grad)
+        expected_output, expected_grads = Reference(spec, weights).vjp(x, output_grad)
+        del expected_grads["input"]
+        pairs = {"training-mode output": (output, expected_output)}
+        pairs.update({f"gradient of {tensor}": (grads[tensor], value) for tensor, value in expected_grads.items()})
+        for what, (actual, expected) in pairs.items():
+            assert_close(actual, expected, 1e-10 * max(1.0, float(np.abs(expected).max())), f"{what} (set_np)")
 
     def _gluon_names(canonical):
         """Canonical tensor names as Gluon names them: dots as underscores, BatchNorm's scale and shift as gamma

@@ -209,10 +209,6 @@ def test_float64_model_matches_reference_to_1e10(rn, name):
         assert_close(actual, expected, 1e-10 * max(1.0, float(np.abs(expected).max())), what)
 
     close(resnet.forward(model, x), Reference(spec, weights).forward(x), "inference output")
-    if rn.NAME == "tensorflow" and name == "resnext_chunked":
-        # Found by this test, not fixed yet: TensorFlow's CPU kernels have no gradient of a float64 grouped
-        # convolution ("Gradients for grouped convolutions are not supported on CPU"); float32 takes another path.
-        pytest.xfail("TensorFlow on a CPU: no gradient of a float64 grouped convolution")
     reference = Reference(spec, weights)
     expected_output, expected_grads = reference.vjp(x, output_grad)
     output, grads = rn.vjp(model, x, output_grad)

@@ -85,6 +85,22 @@ def is_built(model: nn.HybridBlock) -> bool:
     return all(_has_data(p) for p in model.collect_params().values())
 
 
+class _Xavier(mx.init.Xavier):
+    """MXNet's ``Xavier``, for float64 weights under numpy semantics too.
+
+    There MXNet 1.9.1 draws with ``mx.np.random.uniform(..., out=arr)``, whose operator makes float32 whatever
+    ``arr``'s dtype, and fails on a float64 one ("0-th output has invalid shape ... in operator
+    _npi_uniform"); so such a weight is drawn in float32, as Xavier computes it, then cast (exactly)."""
+
+    def _init_weight(self, name: str, arr: mx.nd.NDArray) -> None:
+        if not isinstance(arr, mx.np.ndarray) or arr.dtype == np.float32:
+            return super()._init_weight(name, arr)
+        drawn = mx.np.empty(arr.shape, dtype="float32", ctx=arr.ctx)
+        super()._init_weight(name, drawn)
+        arr[:] = drawn.astype(arr.dtype)
+        return None
+
+
 def initialize(model: nn.HybridBlock) -> None:
     """Give every parameter not yet initialized an initializer, as the book's ``net.initialize(init.Xavier())``.
 
@@ -97,7 +113,7 @@ def initialize(model: nn.HybridBlock) -> None:
                 param.list_ctx()  # raises while the parameter has no initializer at all
             except RuntimeError:
                 # default_init: a layer's own initializer (zeros for biases, ones for BN scales) takes precedence.
-                param.initialize(default_init=mx.init.Xavier())
+                param.initialize(default_init=_Xavier())
 
 
 @hook
