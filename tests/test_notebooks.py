@@ -41,7 +41,7 @@ SMALL = {
 #: Seconds a single cell may take before the run fails (the slowest, JAX compiling a train step, takes ~20).
 CELL_TIMEOUT = 300
 #: Pictures each notebook must show: a cell that stops drawing is a failure, not a silent blank.
-MIN_IMAGES = {"resnet_chapter": 7, "same_weights": 1, "resnet_exercises": 1}
+MIN_IMAGES = {"resnet_chapter": 7, "same_weights": 1, "resnet_exercises": 1, "published_weights": 1}
 
 
 def _load(path: Path) -> dict:
@@ -72,7 +72,7 @@ def _assigned_names(source: str) -> set[str]:
 
 def test_notebooks_exist() -> None:
     names = {path.stem for path in NOTEBOOKS}
-    expected = {"resnet_chapter", "resnet_exercises", "same_weights"}
+    expected = {"published_weights", "resnet_chapter", "resnet_exercises", "same_weights"}
     assert expected <= names, f"notebooks found in {NOTEBOOKS_DIR}: {sorted(names)}"
 
 
