@@ -28,6 +28,12 @@ def _registry():
 #: The registered backends (resnet.registry): one test session each.
 BACKENDS = _registry().BACKENDS
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+#: pytest-xdist: one worker per core (at most 4: each imports a framework), a test file's tests on one worker so
+#: that its module-scoped fixtures (the reference's training steps, the data) are computed once.
+PARALLEL = ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadfile"]
+#: Keras Hub without its text-model dependencies: tensorflow-text would install the whole tensorflow (beside
+#: tensorflow-cpu, 1 GB more), and its ResNet needs none of them (tokenizers comes with transformers).
+KERAS_HUB = ["keras-hub==0.32.0", "absl-py", "regex", "rich", "packaging"]
 
 nox.options.sessions = ["lint", "tests", "cross", "d2l"]
 nox.options.error_on_missing_interpreters = True
@@ -73,30 +79,40 @@ def tests(session: nox.Session, backend: str) -> None:
     """The shared tests against one backend. The package is installed (not editable), so the installed
     layout is what is tested; the backend is required, so a broken install fails instead of skipping."""
     session.install(f".[{backend},test]")
-    session.run("pytest", *(session.posargs or ["-q"]), env={"RESNET_TEST_BACKENDS": backend, **QUIET_TF})
+    session.run(
+        "pytest",
+        *(session.posargs or ["-q", "-m", "not hub", *PARALLEL]),
+        env={"RESNET_TEST_BACKENDS": backend, **QUIET_TF},
+    )
 
 
 @nox.session
 def cross(session: nox.Session) -> None:
     """Torch, TensorFlow and JAX in one environment (they share a numpy): weights saved by each load into
-    the others with the same outputs, shapes agree side by side, and selection works with several
-    installed. MXNet is installed without its numpy pin, so the real error for a too-new numpy is tested."""
-    session.install(".[torch,tensorflow,jax,test]")
+    the others with the same outputs, shapes agree side by side, selection works with several installed, and
+    converted transformers and Keras Hub checkpoints give those libraries' own outputs in all three
+    (RESNET_TEST_HUB makes a missing one an error). MXNet is installed without its numpy pin, so the real error
+    for a too-new numpy is tested."""
+    session.install(".[torch,tensorflow,jax,test,hub]")
+    session.install("--no-deps", *KERAS_HUB)
     session.install("--no-deps", "mxnet==1.9.1")
+    env = {"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", "RESNET_TEST_HUB": "1", **QUIET_TF}
+    if session.posargs:
+        session.run("pytest", *session.posargs, env=env)
+        return
     session.run(
         "pytest",
-        *(
-            session.posargs
-            or [
-                "-q",
-                "tests/test_weights.py",
-                "tests/test_selection.py",
-                "tests/test_shapes.py",
-                "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
-            ]
-        ),
-        env={"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", **QUIET_TF},
+        "-q",
+        "tests/test_weights.py",
+        "tests/test_selection.py",
+        "tests/test_shapes.py",
+        "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
+        "tests/test_notebooks.py::test_notebook_runs[backend=torch-published_weights]",
+        *PARALLEL,
+        env=env,
     )
+    # the comparisons with transformers and Keras Hub (the rest of these files runs in every backend's session)
+    session.run("pytest", "-q", "-m", "hub", "tests/test_convert.py", "tests/test_convert_keras_hub.py", env=env)
 
 
 @nox.session(python="3.11")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from resnet import specs
@@ -31,6 +32,24 @@ REQUIRED = [name.strip() for name in os.environ.get("RESNET_TEST_BACKENDS", "").
 #: The backends under test: exactly the required ones if any are named (a missing one is then an error, so a
 #: broken environment can never pass as a smaller matrix), else every one found.
 INSTALLED = [name for name in BACKENDS if name in REQUIRED] if REQUIRED else FOUND
+
+#: ``RESNET_TEST_HUB=1`` (nox's ``cross`` session sets it) requires the independent implementations whose
+#: checkpoints ``resnet convert`` reads (transformers, keras-hub): a missing one is then an error, not a skip.
+REQUIRE_HUB = os.environ.get("RESNET_TEST_HUB") == "1"
+
+
+def needs_library(*modules: str, install: str) -> Callable:
+    """Marks a test ``hub`` (the backend sessions deselect those; ``cross`` runs them) and skips it where one of
+    ``modules`` is not installed, unless ``RESNET_TEST_HUB`` requires them (then the import fails the test)."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+
+    def mark(test: Callable) -> Callable:
+        reason = f"{' and '.join(missing)} not installed here ({install}; nox -s cross runs these)"
+        skip = pytest.mark.skipif(bool(missing) and not REQUIRE_HUB, reason=reason)
+        return pytest.mark.hub(skip(test))
+
+    return mark
+
 
 # --------------------------------------------------------------------------------------------- the cases
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, needs_library
 
 import resnet
 from resnet.checkpoints import (
@@ -321,10 +321,7 @@ def test_cli_converts_both_ways(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ transformers
 
-HAS_TRANSFORMERS = HAS_TORCH and importlib.util.find_spec("transformers") is not None
-needs_transformers = pytest.mark.skipif(
-    not HAS_TRANSFORMERS, reason="transformers and torch are not installed here (pip install -e '.[hub]')"
-)
+needs_transformers = needs_library("torch", "transformers", install="pip install -e '.[hub]'")
 
 
 def hf_model(layer_type: str, downsample_in_bottleneck: bool = False):

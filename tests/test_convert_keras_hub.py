@@ -10,13 +10,12 @@ tables' round trips and the refusals still run (the refusals need h5py, which Ke
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, needs_library
 
 import resnet
 from resnet.checkpoints import CheckpointMismatchError, architecture_spec, convert, from_canonical, import_weights
@@ -25,14 +24,7 @@ from resnet.checkpoints.mapping import to_canonical
 from resnet.shapes import tensor_infos
 from resnet.specs import resnet_spec
 
-HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
-HAS_H5PY = importlib.util.find_spec("h5py") is not None
-needs_keras_hub = pytest.mark.skipif(
-    not HAS_KERAS_HUB, reason="keras-hub is not installed here (pip install keras-hub)"
-)
-needs_h5py = pytest.mark.skipif(
-    not HAS_H5PY, reason="h5py is not installed here (it comes with keras: pip install h5py)"
-)
+needs_keras_hub = needs_library("keras_hub", install="pip install keras-hub")
 CLASSES = 5
 INPUT = (2, 3, 32, 32)
 
@@ -290,7 +282,6 @@ def write_preset(root, arrays: dict[str, np.ndarray], task: dict | None = None, 
         write_keras_weights(root / "task.weights.h5", head)
 
 
-@needs_h5py
 def test_unknown_and_missing_weights_are_listed(tmp_path):
     arrays = dict(published("resnet18"))
     del arrays["stack1_block0_0_bn/gamma"]
@@ -303,7 +294,6 @@ def test_unknown_and_missing_weights_are_listed(tmp_path):
     assert "missing (1): stack1_block0_0_bn/gamma" in message
 
 
-@needs_h5py
 def test_v1_file_asked_as_v2_names_what_it_is(tmp_path):
     write_keras_weights(tmp_path / "x.weights.h5", published("resnet18"))
     with pytest.raises(CheckpointMismatchError, match="no pre-activation BN") as raised:
@@ -311,7 +301,6 @@ def test_v1_file_asked_as_v2_names_what_it_is(tmp_path):
     assert "looks like resnet18" in str(raised.value)
 
 
-@needs_h5py
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
@@ -327,7 +316,6 @@ def test_configs_no_model_computes_are_refused(tmp_path, changes, match):
         import_weights(tmp_path / "preset", "keras-hub", None)
 
 
-@needs_h5py
 def test_classifier_head_options(tmp_path):
     """Max pooling is refused; a softmax on the outputs is said (the converted model gives the logits)."""
     write_preset(tmp_path / "max", published("resnet18"), task={"pooling": "max"})
@@ -339,7 +327,6 @@ def test_classifier_head_options(tmp_path):
     assert spec == architecture_spec("resnet18", CLASSES) and len(arrays) == len(published("resnet18"))
 
 
-@needs_h5py
 def test_backbone_without_head_is_named(tmp_path):
     backbone = {k: v for k, v in published("resnet18").items() if not k.startswith("predictions")}
     write_preset(tmp_path / "preset", backbone)
@@ -347,7 +334,6 @@ def test_backbone_without_head_is_named(tmp_path):
         import_weights(tmp_path / "preset", "keras-hub", None)
 
 
-@needs_h5py
 def test_keras2_and_unnamed_files_are_refused(tmp_path):
     import h5py
 
@@ -360,7 +346,6 @@ def test_keras2_and_unnamed_files_are_refused(tmp_path):
         import_weights(tmp_path / "old.weights.h5", "keras-hub", "resnet18")
 
 
-@needs_h5py
 def test_unnamed_preset_reads_by_position(tmp_path):
     """Without names, a preset's layers are named from config.json (here a file written in Keras' order)."""
     arrays = published("resnet18")
