@@ -147,6 +147,14 @@ def test_converted_checkpoint_gives_reference_logits(rn, tmp_path, fmt, name, dt
     model = resnet.load_weights(rn.ResNet(spec=spec, dtype=dtype), tmp_path / "ours.safetensors")
     atol = 1e-10 if wide else 1e-4
     assert_close(resnet.forward(model, x), expected, atol, f"{fmt} {name} ({dtype}) logits in {rn.NAME}")
+    # training mode (BatchNorm on the batch's statistics) against the reference's, in float64: BatchNorm over a
+    # batch of 2 at 1x1 (the last stage) amplifies rounding about 1e7-fold (measured in torch: a float32 resnet50
+    # 1.7e-3 off the reference there, a float64 one 6.5e-10, a float64 preact_resnet50 1.3e-8), so the file loads
+    # into float64, held to 1e-7
+    training = Reference(spec, converted).forward(x.astype(np.float64), training=True)
+    wide_model = resnet.load_weights(rn.ResNet(spec=spec, dtype="float64"), tmp_path / "ours.safetensors")
+    got = resnet.forward(wide_model, x.astype(np.float64), training=True)
+    assert_close(got, training, 1e-7, f"{fmt} {name} training-mode logits in {rn.NAME}")
 
 
 # ----------------------------------------------------------------------------------- round trips (no framework)
@@ -350,11 +358,17 @@ def hf_model(layer_type: str, downsample_in_bottleneck: bool = False):
     return model
 
 
-def hf_logits(model, x: np.ndarray) -> np.ndarray:
+def hf_logits(model, x: np.ndarray, training: bool = False) -> np.ndarray:
+    """The model's logits in inference mode, or in training mode (BatchNorm on the batch; the model's running
+    statistics are left as they were)."""
+    import copy
+
     import torch
 
     with torch.no_grad():
-        return model(torch.from_numpy(x)).logits.numpy()
+        if not training:
+            return model(torch.from_numpy(x)).logits.numpy()
+        return copy.deepcopy(model).train()(torch.from_numpy(x)).logits.numpy()
 
 
 @needs_transformers
@@ -366,6 +380,8 @@ def test_transformers_checkpoint_gives_its_logits(rn, tmp_path, layer_type, pape
     x = np.random.default_rng(1).standard_normal(INPUT).astype(np.float32)
     ours = resnet.load_weights(rn.ResNet(spec=spec), tmp_path / "ours.safetensors")
     assert_close(resnet.forward(ours, x), hf_logits(model, x), 1e-4, f"{layer_type} logits in {rn.NAME}")
+    training = hf_logits(model, x, training=True)
+    assert_close(resnet.forward(ours, x, training=True), training, 1e-4, f"{layer_type} training mode, {rn.NAME}")
 
 
 @needs_transformers
