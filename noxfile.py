@@ -32,7 +32,7 @@ QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 #: that its module-scoped fixtures (the reference's training steps, the data) are computed once.
 PARALLEL = ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadfile"]
 #: The backends whose tests run in one process: PyTorch's own threads already keep every core busy, and two
-#: workers made its session slower on this 2-core machine (11 minutes against 8), while TensorFlow's went from 11
+#: workers made its session slower on this 2-core machine (11 minutes against 9), while TensorFlow's went from 11
 #: to 9, JAX's from 15 to 12 (compiling is single-threaded) and MXNet's from 9 to 6, measured on clean clones.
 SERIAL = {"torch"}
 #: Keras Hub without its text-model dependencies: tensorflow-text would install the whole tensorflow (beside
