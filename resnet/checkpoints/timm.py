@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from resnet.checkpoints import torchvision
-from resnet.checkpoints.mapping import Rule, SourceFormat, check_model, check_v1_5, describe_stages, register
-from resnet.checkpoints.readers import read_checkpoint, write_checkpoint
+from resnet.checkpoints.mapping import Rule, SourceFormat, check_model, describe_stages, register
+from resnet.checkpoints.readers import read_checkpoint
 from resnet.specs import ModelSpec
 
 __all__ = ["RESNET_V2_RULES", "TIMM"]
@@ -61,18 +61,12 @@ def describe(arrays: dict) -> str | None:
     return torchvision.describe(arrays)
 
 
-def write(arrays: dict, spec: ModelSpec, path: str) -> None:
-    """A state dict file (.pth with torch, or .safetensors) that timm's ``model.load_state_dict`` takes."""
-    check_v1_5("timm", spec)
-    write_checkpoint(arrays, path, {"format": "pt"})
-
-
 TIMM = register(
     SourceFormat(
         "timm",
         rules,
         read_checkpoint,
-        write,
+        torchvision.state_dict_writer("timm"),
         ignored=torchvision.IGNORED,
         check=check,
         describe=describe,

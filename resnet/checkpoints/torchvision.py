@@ -10,6 +10,8 @@ files from models built the paper's way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from resnet.checkpoints.mapping import Rule, SourceFormat, check_model, check_v1_5, describe_stages, register
 from resnet.checkpoints.readers import read_checkpoint, write_checkpoint
 from resnet.specs import ModelSpec
@@ -40,10 +42,15 @@ def describe(arrays: dict) -> str | None:
     return describe_stages(arrays, r"layer(\d+)\.(\d+)\.", r"\.conv3\.")
 
 
-def write(arrays: dict, spec: ModelSpec, path: str) -> None:
-    """A state dict file (.pth with torch, or .safetensors) that ``model.load_state_dict`` takes."""
-    check_v1_5("torchvision", spec)
-    write_checkpoint(arrays, path, {"format": "pt"})
+def state_dict_writer(fmt_name: str) -> Callable[[dict, ModelSpec, str], None]:
+    """The writer of format ``fmt_name``'s state dict files (.pth with torch, or .safetensors) that
+    ``model.load_state_dict`` takes: torchvision's and timm's, whose bottlenecks both stride the 3x3."""
+
+    def write(arrays: dict, spec: ModelSpec, path: str) -> None:
+        check_v1_5(fmt_name, spec)
+        write_checkpoint(arrays, path, {"format": "pt"})
+
+    return write
 
 
 TORCHVISION = register(
@@ -51,7 +58,7 @@ TORCHVISION = register(
         "torchvision",
         RULES,
         read_checkpoint,
-        write,
+        state_dict_writer("torchvision"),
         ignored=IGNORED,
         check=check,
         describe=describe,
