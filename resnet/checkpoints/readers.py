@@ -76,18 +76,18 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    """The arrays of a safetensors checkpoint, or of each shard its ``.index.json`` names, read by
+    ``resnet.weights.read_weights``: a file that cannot be read is named for what it is (empty, truncated, a
+    pickle, tensors in a dtype NumPy lacks such as bfloat16)."""
+    from resnet.weights import read_weights
 
     if path.name.endswith(".index.json"):  # a sharded checkpoint: its index names each tensor's shard
         index = json.loads(path.read_text())
         arrays: dict[str, np.ndarray] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            arrays.update(load_file(str(path.parent / shard)))
+            arrays.update(read_weights(path.parent / shard)[0])
         return arrays
-    try:
-        return load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
+    return read_weights(path)[0]
 
 
 def _strip_module(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
