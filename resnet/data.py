@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet.digits import bundled_digits
 from resnet.download import Attempt, DownloadError, corruption, download, remove_stale_temporaries, verified
 from resnet.idx import read_idx
 
@@ -201,11 +202,8 @@ def _and(names: list[str]) -> str:
 def load_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The handwritten digits that ship inside scikit-learn (1,797 real 8x8 images, 10 classes), for
     machines with no network: scaled from 0..16 to 0..255 uint8 and split with a seeded permutation."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    labels = bunch.target.astype(np.int64)
+    pixels, labels = bundled_digits()
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None]
     order = np.random.default_rng(seed).permutation(len(images))
     split = int(round(len(images) * (1 - val_fraction)))
     train, val = order[:split], order[split:]

@@ -327,6 +327,23 @@ def test_digits_offline_set():
     assert dataset.train_images.max() == 255 and set(np.unique(dataset.train_labels)) == set(range(10))
 
 
+def test_digits_read_without_scikit_learn_are_its_own(monkeypatch):
+    """The bundled file read directly gives scikit-learn's arrays exactly, and so does the fallback through
+    scikit-learn's loader when the file is not where it was."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from resnet import digits
+
+    bunch = sklearn_digits()
+    for found in ("direct", "fallback"):
+        if found == "fallback":
+            monkeypatch.setattr(digits.Path, "is_file", lambda self: False)
+        images, labels = digits.bundled_digits()
+        np.testing.assert_array_equal(images, bunch.images, err_msg=found)
+        np.testing.assert_array_equal(labels, bunch.target, err_msg=found)
+        assert labels.dtype == np.int64, found
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
