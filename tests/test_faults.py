@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,8 +261,10 @@ def _resnet18():
     return book_resnet(((2, 64), (2, 128), (2, 256), (2, 512)), 10)
 
 
-def make_inputs(root: Path) -> None:
-    """The files the bad-input cases point at."""
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> Path:
+    """A directory with the files the bad-input cases point at, made once: four weights files take a second."""
+    root = tmp_path_factory.mktemp("bad-inputs")
     (root / "empty.safetensors").write_bytes(b"")
     (root / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
     (root / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + bytes(200))  # a pickle's first bytes
@@ -274,6 +277,7 @@ def make_inputs(root: Path) -> None:
     (root / "afile").write_text("not a directory")
     (root / "cache" / "fashion-mnist").mkdir(parents=True)
     (root / "cache" / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+    return root
 
 
 BAD_INPUTS = [
@@ -305,14 +309,14 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(args) or "none" for args, _ in BAD_INPUTS])
 def test_bad_input_is_refused_and_changes_nothing(
-    backend_name, args, message, tmp_path, fresh_selection, monkeypatch, capsys
+    backend_name, args, message, bad_inputs, tmp_path, fresh_selection, monkeypatch, capsys
 ):
     from resnet import data
 
     monkeypatch.setattr(data, "FASHION_MNIST_URLS", ["http://127.0.0.1:9/"])  # nothing listens on port 9
     monkeypatch.delenv("RESNET_FASHION_MNIST_URL", raising=False)
     monkeypatch.chdir(tmp_path)
-    make_inputs(tmp_path)
+    shutil.copytree(bad_inputs, tmp_path, dirs_exist_ok=True, copy_function=os.link)  # links: no copying
     before = snapshot(tmp_path)
     argv = [word for word in RUN if word not in ("--dataset", "digits")] if "--dataset" in args else list(RUN)
     status = main(["--backend", backend_name, *argv, "--out", "run", *args])
