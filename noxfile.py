@@ -31,13 +31,33 @@ QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 #: pytest-xdist: one worker per core (at most 4: each imports a framework), a test file's tests on one worker so
 #: that its module-scoped fixtures (the reference's training steps, the data) are computed once.
 PARALLEL = ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadfile"]
-#: The backends whose tests run in one process: PyTorch's own threads already keep every core busy, and two
-#: workers made its session slower on this 2-core machine (11 minutes against 9), while TensorFlow's went from 11
-#: to 9, JAX's from 15 to 12 (compiling is single-threaded) and MXNet's from 9 to 6, measured on clean clones.
-SERIAL = {"torch"}
+#: Each worker's frameworks on one thread: with a worker per core, a framework's own pool of a thread per core
+#: (OpenMP's in PyTorch and MXNet, whose idle threads spin, TensorFlow's, XLA's Eigen pool) contends with the
+#: other worker. Measured on this 2-core machine, two workers with and without: TensorFlow 5.9 minutes against
+#: 6.6, MXNet 3.6 against 4, JAX 8.6 against 11.3 (with the compilation cache below); PyTorch 3.4 on two workers
+#: with one thread each, where it had taken 9 in one process and 11 on two workers with its own threads. The
+#: processes the tests start inherit it.
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
 #: Keras Hub without its text-model dependencies: tensorflow-text would install the whole tensorflow (beside
 #: tensorflow-cpu, 1 GB more), and its ResNet needs none of them (tokenizers comes with transformers).
 KERAS_HUB = ["keras-hub==0.32.0", "absl-py", "regex", "rich", "packaging"]
+
+
+def _jax_compilation_cache(session: nox.Session) -> dict[str, str]:
+    """JAX's persistent compilation cache in nox's shared cache folder: the same steps of the same models
+    compile in many tests and again in every ``resnet train`` process a test starts; with the cache, every
+    compilation after the first reads XLA's executable back (keyed by the program, jaxlib and its options, so a
+    changed model compiles anew). Every compilation is cached, however short."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(session.cache_dir / "jax-compilation"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
 
 nox.options.sessions = ["lint", "tests", "cross", "d2l"]
 nox.options.error_on_missing_interpreters = True
@@ -85,8 +105,8 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install(f".[{backend},test]")
     session.run(
         "pytest",
-        *(session.posargs or ["-q", "-m", "not hub", *([] if backend in SERIAL else PARALLEL)]),
-        env={"RESNET_TEST_BACKENDS": backend, **QUIET_TF},
+        *(session.posargs or ["-q", "-m", "not hub", *PARALLEL]),
+        env={"RESNET_TEST_BACKENDS": backend, **QUIET_TF, **ONE_THREAD, **_jax_compilation_cache(session)},
     )
 
 
@@ -101,6 +121,7 @@ def cross(session: nox.Session) -> None:
     session.install("--no-deps", *KERAS_HUB)
     session.install("--no-deps", "mxnet==1.9.1")
     env = {"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", "RESNET_TEST_HUB": "1", **QUIET_TF}
+    env.update(ONE_THREAD, **_jax_compilation_cache(session))
     if session.posargs:
         session.run("pytest", *session.posargs, env=env)
         return
