@@ -170,3 +170,39 @@ if "jax" in INSTALLED:  # how XLA's CPU backend computes convolutions: JAX's alo
         for name, got, want in zip(("input grad", "kernel grad"), got_grads, expected_grads, strict=True):
             assert got.dtype == dtype, name
             np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+
+    # (batch, height, width, channels, kernel, stride, padding): the stem's 3x3/2, odd and even sizes, no padding
+    CPU_POOL_CASES = [(3, 12, 12, 4, 3, 2, 1), (2, 7, 9, 3, 3, 2, 1), (2, 8, 8, 2, 2, 2, 0), (1, 6, 5, 2, 3, 1, 1)]
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+    @pytest.mark.parametrize("case", CPU_POOL_CASES, ids=["n{}-{}x{}x{}-k{}s{}p{}".format(*c) for c in CPU_POOL_CASES])
+    def test_jax_cpu_max_pool_matches_flax_max_pool(case, ties, dtype):
+        """The CPU path of the JAX backend's max pooling gives nn.max_pool's outputs and gradients, ties included
+        (the whole gradient to each window's first maximum, after ReLU's zeros too), through a custom VJP."""
+        import flax.linen as nn
+        import jax
+        from resnet.backends.jax.layers import max_pool
+
+        batch, height, width, channels, kernel, stride, pad = case
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal((batch, height, width, channels))
+        if ties:  # few distinct values, many zeros: windows with several equal maxima
+            x = np.maximum(np.round(x * 2), 0)
+        x = x.astype(dtype)
+
+        def ours(x):
+            return max_pool(x, kernel, stride, pad)
+
+        def flax(x):
+            return nn.max_pool(x, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)))
+
+        with jax.enable_x64(dtype == "float64"):
+            expected, flax_vjp = jax.vjp(flax, x)
+            output, our_vjp = jax.vjp(jax.jit(ours), x)
+            out_grad = rng.standard_normal(expected.shape).astype(dtype)
+            assert "custom_vjp_call" in str(jax.make_jaxpr(ours)(x))
+            (got,), (want,) = our_vjp(out_grad), flax_vjp(out_grad)
+        assert output.dtype == got.dtype == dtype
+        np.testing.assert_array_equal(output, expected, err_msg="output")
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 if dtype == "float32" else 1e-14, err_msg="gradient")

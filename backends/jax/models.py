@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 from resnet.backends.jax import blocks
 from resnet.backends.jax.blocks import hashable
-from resnet.backends.jax.layers import make_layer
+from resnet.backends.jax.layers import make_layer, max_pool
 
 from resnet import api, specs
 from resnet.contract import declared
@@ -47,9 +47,7 @@ class Stem(nn.Module):
             X = nn.relu(self.bn(X))
         if pool is None:
             return X
-        # Explicit padding: nn.max_pool pads with -inf, so padded cells never win.
-        p = pool.padding
-        return nn.max_pool(X, (pool.kernel, pool.kernel), (pool.stride, pool.stride), ((p, p), (p, p)))
+        return max_pool(X, pool.kernel, pool.stride, pool.padding)  # padded with -inf: padded cells never win
 
 
 class Stage(nn.Module):
