@@ -34,9 +34,9 @@ PARALLEL = ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadfile"
 #: Each worker's frameworks on one thread: with a worker per core, a framework's own pool of a thread per core
 #: (OpenMP's in PyTorch and MXNet, whose idle threads spin, TensorFlow's, XLA's Eigen pool) contends with the
 #: other worker. Measured on this 2-core machine, two workers with and without: TensorFlow 5.9 minutes against
-#: 6.6, MXNet 3.6 against 4, JAX 8.6 against 11.3 (with the compilation cache below); PyTorch 3.4 on two workers
-#: with one thread each, where it had taken 9 in one process and 11 on two workers with its own threads. The
-#: processes the tests start inherit it.
+#: 6.6, MXNet 3.6 against 4, JAX 8.6 (with the compilation cache below) against 11.3 (partly beside other
+#: work); PyTorch 3.4 on two workers with one thread each, where it had taken 9 in one process and 11 on two
+#: workers with its own threads. The processes the tests start inherit it.
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
     "TF_NUM_INTRAOP_THREADS": "1",
