@@ -64,6 +64,12 @@ nox.options.error_on_missing_interpreters = True
 # uv makes the environments and installs into them when it is installed (seconds instead of minutes, one shared
 # cache); otherwise virtualenv and pip do.
 nox.options.default_venv_backend = "uv|virtualenv"
+# uv installs without compiling bytecode (pip compiles by default). Where PYTHONDONTWRITEBYTECODE is set, as on
+# this project's machines, no process then ever writes the .pyc files, and every process the tests start (and
+# every pytest worker) compiles the frameworks' sources again. Measured on a 2-core machine: `import torch`
+# 4.9 s without them, 2.1 s with them; a 3-epoch `resnet train` at 8x8 18.6 s against 9.5 s. Compiling once at
+# install takes seconds per environment.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 
 def _pip_setting(name: str) -> str:
