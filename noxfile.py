@@ -64,12 +64,14 @@ nox.options.error_on_missing_interpreters = True
 # uv makes the environments and installs into them when it is installed (seconds instead of minutes, one shared
 # cache); otherwise virtualenv and pip do.
 nox.options.default_venv_backend = "uv|virtualenv"
-# uv installs without compiling bytecode (pip compiles by default). Where PYTHONDONTWRITEBYTECODE is set, as on
-# this project's machines, no process then ever writes the .pyc files, and every process the tests start (and
-# every pytest worker) compiles the frameworks' sources again. Measured on a 2-core machine: `import torch`
-# 4.9 s without them, 2.1 s with them; a 3-epoch `resnet train` at 8x8 18.6 s against 9.5 s. Compiling once at
-# install takes seconds per environment.
-os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+#: The tests' processes write the .pyc files of what they import. uv installs without compiling bytecode (pip
+#: compiles by default), and where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, no process
+#: would ever write them: every pytest worker and every `resnet train` process a test starts would compile the
+#: frameworks' sources again (measured on a 2-core machine: `import torch` 4.9 s without them, 2.1 s with
+#: them). Compiling everything at install instead (UV_COMPILE_BYTECODE) wrote 1.5 GB of .pyc files, most of
+#: them for modules no test imports; written on first import, only the imported ones are. An empty value is
+#: Python's "not set".
+WRITE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
 
 
 def _pip_setting(name: str) -> str:
@@ -112,31 +114,36 @@ def tests(session: nox.Session, backend: str) -> None:
     session.run(
         "pytest",
         *(session.posargs or ["-q", "-m", "not hub", *PARALLEL]),
-        env={"RESNET_TEST_BACKENDS": backend, **QUIET_TF, **ONE_THREAD, **_jax_compilation_cache(session)},
+        env={
+            "RESNET_TEST_BACKENDS": backend,
+            **QUIET_TF,
+            **ONE_THREAD,
+            **WRITE_BYTECODE,
+            **_jax_compilation_cache(session),
+        },
     )
 
 
 @nox.session
 def cross(session: nox.Session) -> None:
     """Torch, TensorFlow and JAX in one environment (they share a numpy): weights saved by each load into
-    the others with the same outputs, shapes agree side by side, selection works with several installed, and
-    converted transformers and Keras Hub checkpoints give those libraries' own outputs in all three
-    (RESNET_TEST_HUB makes a missing one an error). MXNet is installed without its numpy pin, so the real error
-    for a too-new numpy is tested."""
+    the others with the same outputs, selection works with several installed, and converted transformers and
+    Keras Hub checkpoints give those libraries' own outputs in all three (RESNET_TEST_HUB makes a missing one
+    an error). MXNet is installed without its numpy pin, so the real error for a too-new numpy is tested. Only
+    the tests that need several backends at once run here: each backend's own session runs the rest."""
     session.install(".[torch,tensorflow,jax,test,hub]")
     session.install("--no-deps", *KERAS_HUB)
     session.install("--no-deps", "mxnet==1.9.1")
     env = {"RESNET_TEST_BACKENDS": "torch,tensorflow,jax", "RESNET_TEST_HUB": "1", **QUIET_TF}
-    env.update(ONE_THREAD, **_jax_compilation_cache(session))
+    env.update(ONE_THREAD, **WRITE_BYTECODE, **_jax_compilation_cache(session))
     if session.posargs:
         session.run("pytest", *session.posargs, env=env)
         return
     session.run(
         "pytest",
         "-q",
-        "tests/test_weights.py",
-        "tests/test_selection.py",
-        "tests/test_shapes.py",
+        "tests/test_weights.py::test_save_in_one_backend_load_in_another",  # every pair of backends
+        "tests/test_selection.py",  # several backends installed at once
         "tests/test_notebooks.py::test_notebook_runs[backend=torch-same_weights]",  # every pair compared
         "tests/test_notebooks.py::test_notebook_runs[backend=torch-published_weights]",
         *PARALLEL,
@@ -159,7 +166,7 @@ def d2l(session: nox.Session) -> None:
     session.run(
         "pytest",
         *(session.posargs or ["-q", "-rs", "tests/test_d2l_conformance.py"]),
-        env={"RESNET_REQUIRE_D2L": "1", **QUIET_TF},
+        env={"RESNET_REQUIRE_D2L": "1", **QUIET_TF, **WRITE_BYTECODE},
     )
 
 
