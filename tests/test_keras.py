@@ -10,7 +10,11 @@ Keras idioms exist only in the TensorFlow backend: in an environment without it 
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +256,41 @@ def test_a_global_dtype_policy_is_refused_or_honoured(rt, keras):
     assert rt.dtype_of(block) == "float64" and block.weights[0].dtype == "float64"
     keras.config.set_dtype_policy("float32")
     assert rt.dtype_of(rt.ResNet18()) == "float32"
+
+
+#: Run in a fresh process with oneDNN off: whether the backend sees it off, and the training pass of every
+#: grouped golden case against the reference (the gradient TensorFlow's own kernels lack).
+ONEDNN_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import tensorflow  # first, so that TF_ENABLE_ONEDNN_OPTS is read as the environment gives it
+import resnet.backends.tensorflow as rn
+from helpers import GOLDEN_CASES, assert_close, assert_grads_close, golden, loaded, section, tolerance
+from resnet.backends.tensorflow import layers
+grouped = [case for case in GOLDEN_CASES if "_g" in case.name and "_g1" not in case.name]
+assert grouped, "no grouped golden case"
+for case in grouped:
+    arrays = golden(case)
+    output, grads = rn.vjp(loaded(rn, case, arrays), arrays["input"], arrays["output_grad"])
+    assert_close(output, arrays["training"], tolerance(case), case.name)
+    assert_grads_close(grads, section(arrays, "grad"))
+print(layers.ONEDNN, len(grouped))
+"""
+
+
+def test_grouped_convolutions_train_with_onednn_off(tmp_path):
+    """TensorFlow turns oneDNN off by default on CPUs without AVX-512 VNNI and the like, and its own kernels have
+    no gradient for a grouped convolution: the backend then computes one convolution per group, with the
+    reference's numbers."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    check = subprocess.run(
+        [sys.executable, "-c", ONEDNN_CHECK, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # not the checkout, whose resnet/ would shadow the installed package
+        env=env,
+    )
+    assert check.returncode == 0, check.stderr[-6000:]
+    reported, count = check.stdout.split()
+    assert reported == "False" and int(count) >= 4

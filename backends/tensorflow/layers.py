@@ -4,7 +4,7 @@ input sizes are inferred at the first call, as Keras layers do."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -46,9 +46,48 @@ def check_policy(layer: keras.layers.Layer) -> None:
         )
 
 
+def _onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS, read when it was imported); False where
+    this TensorFlow does not say, so that every convolution keeps a gradient."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own test utilities ask it this way
+    except ImportError:
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+#: Whether TensorFlow's oneDNN kernels are on: by default only on CPUs with AVX-512 VNNI, AMX and the like
+#: (TF_ENABLE_ONEDNN_OPTS=1 asks for them elsewhere). Left as TensorFlow chose: on a 2-core AMD EPYC (AVX2),
+#: oneDNN's float32 kernel-gradient convolution corrupted the heap with one intra-op thread
+#: (TF_NUM_INTRAOP_THREADS=1, as the test matrix runs), and TensorFlow's own kernels are correct everywhere.
+ONEDNN = _onednn_enabled()
+
+
 def _spatial_padding(padding: int) -> list[list[int]]:
     """NHWC paddings for ``tf.pad`` / ``tf.nn.max_pool2d``: symmetric on height and width only."""
     return [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+
+
+@tf.custom_gradient
+def _same_convolution(x: tf.Tensor, kernel: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple]]:
+    """``tf.nn.conv2d(x, kernel, 1, "SAME")`` for an odd, ungrouped kernel, whose input gradient is computed as
+    a forward convolution.
+
+    TensorFlow's CPU kernel for that gradient (Conv2DBackpropInput) is many times slower than a forward
+    convolution where the channels are many and the image small: measured on a 2-core AMD EPYC, one thread,
+    batch 64, 512 channels, a 3x3 kernel: 449 against 7 ms at 1x1 pixels, 1163 against 59 ms at 3x3 (the last
+    stage of ResNet-18 at the book's 96x96). At stride 1 with 'SAME' padding that gradient is the same
+    convolution of the output's gradient with the kernel turned by 180 degrees and its channels swapped."""
+
+    def gradients(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        turned = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+        dx = tf.nn.conv2d(dy, turned, 1, "SAME")
+        dkernel = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME"
+        )
+        return dx, dkernel
+
+    return tf.nn.conv2d(x, kernel, 1, "SAME"), gradients
 
 
 @serializable
@@ -122,15 +161,19 @@ class Conv2d(keras.layers.Layer):
         return y if self.bias is None else tf.nn.bias_add(y, self.bias)
 
     def _conv2d(self, x: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
-        """``tf.nn.conv2d`` with the grouped kernel, or, for a grouped float64 convolution, one per group.
+        """``tf.nn.conv2d`` (a 'SAME' one through ``_same_convolution``) with the grouped kernel, or, for a
+        grouped float64 convolution or where oneDNN is off, one per group.
 
-        A grouped float32 convolution runs on oneDNN, which has its gradient; float64 runs on TensorFlow's own
-        CPU kernels, whose forward pass is grouped but whose backward pass is not ("Gradients for grouped
-        convolutions are not supported on CPU"). Split per group, the outputs are bit-identical to the grouped
-        kernel's; forward and backward on 2 cores, at ResNeXt's widths (128-256 channels), it is 2.7-4.6x faster
-        than one convolution with a block-diagonal kernel (8x16x16x128 in 32 groups: 38 against 177 ms)."""
+        A grouped float32 convolution runs on oneDNN, which has its gradient; float64, and float32 where oneDNN is
+        off (``ONEDNN``), runs on TensorFlow's own CPU kernels, whose forward pass is grouped but whose backward
+        pass is not ("Gradients for grouped convolutions are not supported on CPU"). Split per group, the outputs
+        are bit-identical to the grouped kernel's; forward and backward on 2 cores, at ResNeXt's widths (128-256
+        channels), it is 2.7-4.6x faster than one convolution with a block-diagonal kernel (8x16x16x128 in 32
+        groups: 38 against 177 ms)."""
         groups = self.spec.groups
-        if groups == 1 or x.dtype == tf.float32:
+        if groups == 1 and stride == 1 and padding == "SAME":
+            return _same_convolution(x, tf.convert_to_tensor(self.kernel))
+        if groups == 1 or (x.dtype == tf.float32 and ONEDNN):
             return tf.nn.conv2d(x, self.kernel, stride, padding)
         inputs, kernels = tf.split(x, groups, axis=-1), tf.split(self.kernel, groups, axis=-1)
         return tf.concat([tf.nn.conv2d(a, k, stride, padding) for a, k in zip(inputs, kernels)], axis=-1)
