@@ -69,7 +69,8 @@ nox.options.default_venv_backend = "uv|virtualenv"
 #: would ever write them: every pytest worker and every `resnet train` process a test starts would compile the
 #: frameworks' sources again (measured on a 2-core machine: `import torch` 4.9 s without them, 2.1 s with
 #: them). Compiling everything at install instead (UV_COMPILE_BYTECODE) wrote 1.5 GB of .pyc files, most of
-#: them for modules no test imports; written on first import, only the imported ones are. An empty value is
+#: them for modules no test imports; written on first import, only the imported ones are (0.56 GB in a clean
+#: run of the whole matrix). An empty value is
 #: Python's "not set".
 WRITE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
 
