@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "else digits (default auto)",
     )
     train.add_argument("--data-dir", help="where datasets are cached (default: RESNET_DATA, else ~/.cache/resnet)")
+    for option, examples in (("--max-train-examples", "training"), ("--max-val-examples", "validation")):
+        train.add_argument(
+            option,
+            type=int,
+            metavar="N",
+            help=f"use only the first N {examples} examples, for a quick try (default: all)",
+        )
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and shuffling (default 0)")
     train.add_argument("--init", metavar="FILE", help="start from this neutral weights file")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -271,7 +278,15 @@ def _train(args: argparse.Namespace) -> int:
     from resnet.parallel import check_global_batch, plan_from_environment
     from resnet.training import TrainConfig, fit
 
-    config = TrainConfig(args.epochs, args.batch_size, args.lr, args.resize, args.seed)  # validates first
+    config = TrainConfig(  # validates first
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.resize,
+        args.seed,
+        args.max_train_examples,
+        args.max_val_examples,
+    )
     model_entry(args.model)
     name = selection.backend()
     plan = plan_from_environment(

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,18 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    def first(self, train: int | None = None, val: int | None = None) -> Dataset:
+        """The set with only its first ``train`` training and ``val`` validation examples (None: all of them;
+        more than there are: all of them)."""
+        train_end, val_end = (None if n is None else int(n) for n in (train, val))
+        return replace(
+            self,
+            train_images=self.train_images[:train_end],
+            train_labels=self.train_labels[:train_end],
+            val_images=self.val_images[:val_end],
+            val_labels=self.val_labels[:val_end],
+        )
 
 
 def default_data_dir() -> Path:

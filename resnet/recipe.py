@@ -17,6 +17,9 @@ class TrainConfig:
 
     ``lr`` is the SGD learning rate; None (the default) means the model's own ``model.lr``, as the book's
     trainer takes it from the model: the chapter's recipe is ``fit(ResNet18(lr=0.01), data)``.
+    ``max_train_examples`` and ``max_val_examples`` train and validate on the first that many examples of the
+    data set (None, the default: all of them), as transformers' example scripts' ``--max_train_samples``: a
+    quick try of a setting, or a test's short run.
     """
 
     epochs: int = 10
@@ -24,6 +27,8 @@ class TrainConfig:
     lr: float | None = None
     resize: int | None = 96
     seed: int = 0
+    max_train_examples: int | None = None
+    max_val_examples: int | None = None
 
     def __post_init__(self) -> None:
         for name, example in (("epochs", "the book's 10"), ("batch_size", "the book's 128")):
@@ -41,6 +46,10 @@ class TrainConfig:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 (NumPy's seeds), got {self.seed!r}")
+        for name in ("max_train_examples", "max_val_examples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, or None for the whole data set; got {value!r}")
 
 
 #: The largest ``resize`` accepted: a batch of 128 one-channel images at this size is 2 GiB in float32

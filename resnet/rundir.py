@@ -66,7 +66,12 @@ RUN_FILES = (CHECKPOINT, METRICS, CURVES, RUN_INFO)
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "dataset")
 #: Settings added after the first checkpoints were written, with the value those runs had: such a checkpoint
 #: resumes as long as the run keeps that value.
-IMPLIED_SETTINGS = {"dtype": "float32", "mixed_precision": "False"}
+IMPLIED_SETTINGS = {
+    "dtype": "float32",
+    "mixed_precision": "False",
+    "max_train_examples": "None",
+    "max_val_examples": "None",
+}
 
 
 class RunExistsError(ValueError):

@@ -110,8 +110,9 @@ def fit(
     Args:
         model: a native model of any backend.
         dataset: e.g. ``resnet.data.load_dataset("auto")``.
-        config: epochs, batch size, learning rate, resize and seed (the book's recipe by default). Its ``lr``
-            None means the model's own ``model.lr``; the learning rate used goes into the log and run.json.
+        config: epochs, batch size, learning rate, resize and seed (the book's recipe by default), and how
+            many of the data set's examples to use (all by default). Its ``lr`` None means the model's own
+            ``model.lr``; the learning rate used goes into the log and run.json.
         out_dir: where metrics.csv, curves.png, last.safetensors and run.json go (None: keep nothing). It is
             locked for the run: a second run into it fails at once (``RunInUseError``). A directory that holds
             a run is refused (``RunExistsError``) unless ``resume`` or ``overwrite``.
@@ -145,6 +146,7 @@ def fit(
             log, progress = (lambda text: None), False
     backend = backend_of(model)
     spec = model.spec
+    dataset = dataset.first(config.max_train_examples, config.max_val_examples)
     lr = learning_rate_of(model, config.lr)  # the config's, else the model's own (the book's ResNet(arch, lr))
     channels = dataset.train_images.shape[1]
     size = config.resize or dataset.train_images.shape[2]

@@ -34,6 +34,10 @@ def test_train_quick_run(backend_name, tmp_path):
         "train",
         "--dataset",
         "digits",
+        "--max-train-examples",
+        "128",
+        "--max-val-examples",
+        "64",
         "--epochs",
         "1",
         "--resize",
@@ -54,6 +58,7 @@ def test_train_quick_run(backend_name, tmp_path):
     assert {"metrics.csv", "curves.png", "last.safetensors", "run.json"} <= set(os.listdir(tmp_path / "run"))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["lr"] == 0.05 and info["epochs"] == 1 and info["resize"] == 16 and info["mixed_precision"] is False
+    assert info["max_train_examples"] == 128 and info["max_val_examples"] == 64
 
 
 FILES = (
@@ -203,6 +208,10 @@ def test_train_the_multigpu_resnet18(backend_name, fresh_selection, tmp_path, mo
                 "resnet18_multigpu",
                 "--dataset",
                 "digits",
+                "--max-train-examples",
+                "256",
+                "--max-val-examples",
+                "64",
                 "--epochs",
                 "1",
                 "--resize",

@@ -327,6 +327,17 @@ def test_digits_offline_set():
     assert dataset.train_images.max() == 255 and set(np.unique(dataset.train_labels)) == set(range(10))
 
 
+def test_first_examples_of_a_data_set():
+    digits = data.load_digits()
+    few = digits.first(10, 3)
+    assert (len(few.train_images), len(few.train_labels), len(few.val_images), len(few.val_labels)) == (10, 10, 3, 3)
+    np.testing.assert_array_equal(few.train_images, digits.train_images[:10])
+    np.testing.assert_array_equal(few.val_labels, digits.val_labels[:3])
+    assert (few.name, few.classes, few.note) == (digits.name, digits.classes, digits.note)
+    whole = digits.first(None, 10**6)  # None, or more than there are: all of them
+    assert len(whole.train_images) == len(digits.train_images) and len(whole.val_images) == len(digits.val_images)
+
+
 def test_digits_read_without_scikit_learn_are_its_own(monkeypatch):
     """The bundled file read directly gives scikit-learn's arrays exactly, and so does the fallback through
     scikit-learn's loader when the file is not where it was."""

@@ -31,17 +31,21 @@ from resnet.init import initial_weights
 from resnet.specs import family_spec
 from resnet.weights import FORMAT, read_weights, write_weights
 
-#: A short run: 3 epochs of 3 steps (1,438 digits in batches of 512) at 8x8, on the CPU.
+#: A short run: 3 epochs of 3 steps (the first 192 digits in batches of 64, validated on 64) at 8x8, on the CPU.
 RUN = (
     "train",
     "--dataset",
     "digits",
+    "--max-train-examples",
+    "192",
+    "--max-val-examples",
+    "64",
     "--epochs",
     "3",
     "--resize",
     "8",
     "--batch-size",
-    "512",
+    "64",
     "--lr",
     "0.05",
     "--seed",
@@ -203,7 +207,7 @@ def interrupt_and_resume(backend_name: str, signum: int, tmp_path: Path) -> None
 def test_a_second_run_into_a_directory_in_use_is_refused(backend_name, tmp_path):
     """Two runs into one directory: the second is refused at once, naming the first; after the first is killed
     (its lock dies with it) a new run takes the directory over and says so."""
-    first = resnet_process(backend_name, *RUN, "--epochs", "50", "--out", "run", cwd=tmp_path)
+    first = resnet_process(backend_name, *RUN, "--epochs", "1000", "--out", "run", cwd=tmp_path)
     try:
         wait_for(lambda: (tmp_path / "run" / ".run.owner.json").exists(), "lock", first)
         for extra in ((), ("--resume",), ("--overwrite",)):
@@ -290,6 +294,8 @@ BAD_INPUTS = [
     (("--resize", "0"), "resize must be an image size in pixels from 1 to 2048"),
     (("--resize", "100000"), "resize must be an image size in pixels from 1 to 2048"),
     (("--seed", "-1"), "seed must be an integer from 0 to 2**32 - 1"),
+    (("--max-train-examples", "0"), "max_train_examples must be a positive integer, or None for the whole"),
+    (("--max-val-examples", "-5"), "max_val_examples must be a positive integer, or None for the whole"),
     (("--model", "resnet99"), "unknown model 'resnet99'. Known models:"),
     (("--out", ""), "--out is empty"),
     (("--out", "afile"), "--out 'afile' is a file, not a directory"),

@@ -14,26 +14,13 @@ import pytest
 import resnet.rundir as rundir
 import resnet.training as training
 from resnet import specs
-from resnet.data import Batches, Dataset, load_digits
+from resnet.data import Batches, load_digits
 from resnet.init import initial_weights
 from resnet.reference import Reference, reference_weights
 from resnet.training import TrainConfig, fit
 from resnet.weights import OldPreactLayoutError, read_weights, write_weights
 
 QUICK = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
-
-
-def subset(dataset: Dataset, n_train: int, n_val: int) -> Dataset:
-    """The first ``n_train`` training and ``n_val`` validation images of ``dataset``."""
-    return Dataset(
-        dataset.name,
-        dataset.train_images[:n_train],
-        dataset.train_labels[:n_train],
-        dataset.val_images[:n_val],
-        dataset.val_labels[:n_val],
-        dataset.classes,
-        dataset.note,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +47,7 @@ FIRST_STEPS = TrainConfig(epochs=1, batch_size=32, lr=0.01, resize=16, seed=0)
 @pytest.fixture(scope="module")
 def reference_run(digits):
     """The reference's first 20 SGD steps from a neutral initial weights file: batches, losses, weights."""
-    data = subset(digits, 20 * FIRST_STEPS.batch_size, 32)
+    data = digits.first(20 * FIRST_STEPS.batch_size, 32)
     spec = specs.book_resnet(specs.RESNET18_ARCH, 10)
     reference = Reference(spec, initial_weights(spec, (1, 1, 16, 16), seed=5))
     batches = Batches(data.train_images, data.train_labels, FIRST_STEPS.batch_size, 16, shuffle=True, seed=0)
@@ -124,7 +111,7 @@ def test_first_steps_match_reference(rn, reference_run, tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_result(rn, digits, tmp_path, monkeypatch):
-    data = subset(digits, 256, 64)
+    data = digits.first(256, 64)
     whole = fit(rn.ResNet18(), data, QUICK, tmp_path / "whole", progress=False, log=lambda line: None)
 
     real_epoch = training._train_epoch
@@ -151,7 +138,7 @@ def test_resume_gives_the_uninterrupted_result(rn, digits, tmp_path, monkeypatch
 
 def test_checkpoint_evaluates_the_same_in_the_reference(rn, digits, tmp_path):
     """A checkpoint trained here gives the same accuracy in the reference (and so in every other backend)."""
-    data = subset(digits, 256, 96)
+    data = digits.first(256, 96)
     history = fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 16), tmp_path, progress=False, log=lambda line: None)
     arrays, _ = read_weights(tmp_path / "last.safetensors")
     reference = Reference(specs.book_resnet(specs.RESNET18_ARCH, 10), arrays)
@@ -161,7 +148,7 @@ def test_checkpoint_evaluates_the_same_in_the_reference(rn, digits, tmp_path):
 
 
 def test_resume_refuses_another_model(rn, digits, tmp_path):
-    data = subset(digits, 64, 32)
+    data = digits.first(64, 32)
     fit(rn.ResNet18(), data, TrainConfig(1, 32, 0.05, 16), tmp_path, progress=False, log=lambda line: None)
     with pytest.raises(ValueError, match="saved from a different model"):
         fit(
@@ -239,7 +226,7 @@ def test_resume_names_why_the_checkpoint_is_of_another_model(tmp_path, saved, er
 def test_lr_none_trains_with_the_models_own(rn, digits, tmp_path):
     """``TrainConfig(lr=None)`` (the default) takes the book's ``model.lr``: ``ResNet18(lr=0.05)`` trains as
     ``TrainConfig(lr=0.05)`` does, and run.json records the learning rate used, with typed values."""
-    data = subset(digits, 128, 32)
+    data = digits.first(128, 32)
     logged = []
     own = fit(
         rn.ResNet18(lr=0.05), data, TrainConfig(1, 64, None, 16), tmp_path / "own", progress=False, log=logged.append
@@ -295,7 +282,7 @@ def test_offline_note_is_logged_and_stored_whole(rn, digits, tmp_path):
         "train-images-idx3-ubyte.gz: http://x/train-images-idx3-ubyte.gz failed (refused)",
         "Put the four files ... into /data/fashion-mnist",
     )
-    data = Dataset(**{**subset(digits, 64, 32).__dict__, "note": "WARNING: offline", "details": details})
+    data = dataclasses.replace(digits.first(64, 32), note="WARNING: offline", details=details)
     logged = []
     fit(rn.ResNet18(), data, TrainConfig(1, 64, 0.05, 8), tmp_path, progress=False, log=logged.append)
     assert logged[:3] == ["WARNING: offline", *(f"  {line}" for line in details)]
@@ -322,14 +309,28 @@ def test_dtype_is_checked(rn):
     assert rn.dtype_of(rn.ResNet18()) == "float32" and rn.dtype_of(rn.ResNet18(dtype=np.float64)) == "float64"
 
 
+def test_max_examples_limit_the_run_and_must_stay_on_resume(rn, digits, tmp_path):
+    """``max_train_examples`` / ``max_val_examples`` train and validate on the first that many digits; a resumed
+    run must keep them."""
+    config = TrainConfig(1, 32, 0.05, 8, max_train_examples=64, max_val_examples=16)
+    history = fit(rn.ResNet18(), digits, config, tmp_path, progress=False, log=lambda line: None)
+    assert len(history.step_losses) == 2
+    assert (history.rows[0]["val_acc"] * 16) == pytest.approx(round(history.rows[0]["val_acc"] * 16), abs=1e-4)
+    assert json.loads((tmp_path / "run.json").read_text())["max_train_examples"] == 64
+    more = dataclasses.replace(config, epochs=2, max_train_examples=96)
+    with pytest.raises(ValueError, match=r"other settings \(max_train_examples: 64 -> 96\)"):
+        fit(rn.ResNet18(), digits, more, tmp_path, resume=True, progress=False, log=lambda line: None)
+
+
 def test_checkpoint_from_before_a_setting_existed_resumes(rn, digits, tmp_path):
     """A run saved before ``dtype`` and ``mixed_precision`` were recorded resumes with their values then
     (float32, no mixed precision), and refuses another value with a message naming it."""
-    data = subset(digits, 128, 32)
+    data = digits.first(128, 32)
     one_epoch = TrainConfig(epochs=1, batch_size=64, lr=0.05, resize=16, seed=0)
     fit(rn.ResNet18(), data, one_epoch, tmp_path, progress=False, log=lambda line: None)
     arrays, header = read_weights(tmp_path / "last.safetensors")
-    old_header = {k: v for k, v in header.items() if k not in ("dtype", "mixed_precision")}
+    added_later = ("dtype", "mixed_precision", "max_train_examples", "max_val_examples")
+    old_header = {k: v for k, v in header.items() if k not in added_later}
     write_weights(arrays, tmp_path / "last.safetensors", old_header)
     two_epochs = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=16, seed=0)
     history = fit(rn.ResNet18(), data, two_epochs, tmp_path, resume=True, progress=False, log=lambda line: None)
