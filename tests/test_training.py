@@ -28,8 +28,12 @@ def digits():
     return load_digits()
 
 
+#: Two epochs of 16 steps on the first 512 digits: 0.59 and 0.66 validation accuracy in PyTorch (measured).
+LEARNS = dataclasses.replace(QUICK, batch_size=32, max_train_examples=512, max_val_examples=128)
+
+
 def test_short_run_learns(rn, digits, tmp_path):
-    history = fit(rn.ResNet18(), digits, QUICK, tmp_path, progress=False, log=lambda line: None)
+    history = fit(rn.ResNet18(), digits, LEARNS, tmp_path, progress=False, log=lambda line: None)
     losses = history.column("train_loss")
     assert losses[-1] < losses[0]
     assert history.rows[-1]["val_acc"] > 0.5  # chance is 0.1
