@@ -33,7 +33,13 @@ from resnet.atomic import atomic_path
 from resnet.faults import fault_point
 from resnet.runlock import OWNER
 from resnet.walk import tensors
-from resnet.weights import OldPreactLayoutError, old_preact_layout_message, read_weights, write_weights
+from resnet.weights import (
+    OldPreactLayoutError,
+    non_finite,
+    old_preact_layout_message,
+    read_weights,
+    write_weights,
+)
 
 __all__ = [
     "CHECKPOINT",
@@ -307,7 +313,7 @@ def commit_epoch(
 ) -> None:
     """Write an epoch's state: first the checkpoint, with the rows in its header (the commit point), then
     the views metrics.csv, curves.png and run.json. Non-finite weights are never written."""
-    bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
+    bad = non_finite(arrays)
     if bad:
         raise FloatingPointError(
             f"the weights after epoch {rows[-1]['epoch']} are not finite ({len(bad)} tensors, e.g. {bad[0]}); they "
