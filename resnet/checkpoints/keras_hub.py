@@ -38,14 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet.checkpoints.mapping import (
-    CheckpointMismatchError,
-    Rule,
-    SourceFormat,
-    check_model,
-    describe_stages,
-    register,
-)
+from resnet.checkpoints.mapping import CheckpointMismatchError, Rule, SourceFormat, register
+from resnet.checkpoints.model_checks import check_model, describe_stages
 from resnet.specs import ModelSpec, resnet_spec
 
 __all__ = ["KERAS_HUB", "RULES", "RULES_V2", "WEIGHT_NAMES", "keras_order", "read_keras_hub", "spec_from_config"]

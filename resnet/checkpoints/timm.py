@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from resnet.checkpoints import torchvision
-from resnet.checkpoints.mapping import Rule, SourceFormat, check_model, describe_stages, register
+from resnet.checkpoints.mapping import Rule, SourceFormat, register
+from resnet.checkpoints.model_checks import check_model, describe_stages
 from resnet.checkpoints.readers import read_checkpoint
 from resnet.specs import ModelSpec
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from resnet.checkpoints.mapping import Rule, SourceFormat, check_model, check_v1_5, describe_stages, register
+from resnet.checkpoints.mapping import Rule, SourceFormat, register
+from resnet.checkpoints.model_checks import check_model, check_v1_5, describe_stages
 from resnet.checkpoints.readers import read_checkpoint, write_checkpoint
 from resnet.specs import ModelSpec
 

@@ -23,15 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet.checkpoints.mapping import (
-    CheckpointMismatchError,
-    Rule,
-    SourceFormat,
-    block_kinds,
-    check_model,
-    describe_stages,
-    register,
-)
+from resnet.checkpoints.mapping import CheckpointMismatchError, Rule, SourceFormat, register
+from resnet.checkpoints.model_checks import block_kinds, check_model, describe_stages
 from resnet.checkpoints.readers import read_checkpoint, write_checkpoint, write_config
 from resnet.specs import EXPANSION, BottleneckSpec, ModelSpec, resnet_spec
 
