@@ -87,13 +87,12 @@ class Dataset:
     def first(self, train: int | None = None, val: int | None = None) -> Dataset:
         """The set with only its first ``train`` training and ``val`` validation examples (None: all of them;
         more than there are: all of them)."""
-        train_end, val_end = (None if n is None else int(n) for n in (train, val))
         return replace(
             self,
-            train_images=self.train_images[:train_end],
-            train_labels=self.train_labels[:train_end],
-            val_images=self.val_images[:val_end],
-            val_labels=self.val_labels[:val_end],
+            train_images=self.train_images[:train],
+            train_labels=self.train_labels[:train],
+            val_images=self.val_images[:val],
+            val_labels=self.val_labels[:val],
         )
 
 

@@ -33,23 +33,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, example in (("epochs", "the book's 10"), ("batch_size", "the book's 128")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _integer_in(value, 1):
                 raise ValueError(f"{name} must be a positive integer ({example}), got {value!r}")
         if self.lr is not None:
             learning_rate(self.lr)  # a positive, finite number, or ValueError saying so
-        if self.resize is not None and (
-            isinstance(self.resize, bool) or not isinstance(self.resize, int) or not 1 <= self.resize <= MAX_RESIZE
-        ):
+        if self.resize is not None and not _integer_in(self.resize, 1, MAX_RESIZE):
             raise ValueError(
                 f"resize must be an image size in pixels from 1 to {MAX_RESIZE} (the book's 96; ImageNet models "
                 f"take 224), or None for the images' own size; got {self.resize!r}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if not _integer_in(self.seed, 0, 2**32 - 1):
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 (NumPy's seeds), got {self.seed!r}")
         for name in ("max_train_examples", "max_val_examples"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and not _integer_in(value, 1):
                 raise ValueError(f"{name} must be a positive integer, or None for the whole data set; got {value!r}")
+
+
+def _integer_in(value: Any, low: int, high: float = float("inf")) -> bool:
+    """Whether ``value`` is an int (a bool is not) from ``low`` to ``high``, both included."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 #: The largest ``resize`` accepted: a batch of 128 one-channel images at this size is 2 GiB in float32
