@@ -7,6 +7,8 @@ The backends under test are ``helpers.INSTALLED``: those installed here, or exac
 from __future__ import annotations
 
 import importlib
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 from helpers import FOUND, INSTALLED, REQUIRED
@@ -28,6 +30,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"resnet backends under test: {', '.join(INSTALLED)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Temporary files of the tests and of the processes they start (torchrun's log folders, ipykernel's
+    kernel specs, autograph's modules, the data of a subprocess) go under pytest's own temporary folder, which
+    pytest prunes (it keeps the last three runs'), instead of piling up in the system's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+    patch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    yield
+    patch.undo()
 
 
 @pytest.fixture(params=INSTALLED, ids=[f"backend={name}" for name in INSTALLED])

@@ -44,15 +44,17 @@ def shapes_in(text: str) -> list[tuple[int, ...]]:
 @functools.cache
 def chapter_run(backend: str, way: str) -> dict:
     """Run the tab in a fresh process outside the source tree (the installed package, as a reader has it)."""
-    env = {**os.environ, "RESNET_DATA": tempfile.mkdtemp(prefix="chapter-data-"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, str(RUNNER), backend, way],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tempfile.gettempdir(),
-        env=env,
-    )
+    # The data set the cells write is removed with its folder once the process ends.
+    with tempfile.TemporaryDirectory(prefix="chapter-data-") as data:
+        env = {**os.environ, "RESNET_DATA": data, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run(
+            [sys.executable, str(RUNNER), backend, way],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=data,
+            env=env,
+        )
     marker = "CHAPTER-RESULT "
     lines = [line for line in done.stdout.splitlines() if line.startswith(marker)]
     assert done.returncode == 0 and lines, (

@@ -127,17 +127,20 @@ REFERENCE_RTOL = 1e-8
 @functools.cache
 def steps(backend: str, devices: int, sync_bn: bool, dtype: str = "float64", **env: str) -> dict[str, np.ndarray]:
     """The losses and final weights of ``parallel_steps.py`` on this host (one process or PyTorch's workers)."""
-    out = Path(tempfile.mkdtemp(prefix="parallel-")) / "steps.npz"
-    done = subprocess.run(
-        [sys.executable, str(STEPS_SCRIPT), backend, str(devices), str(int(sync_bn)), str(out), dtype],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=tempfile.gettempdir(),
-        env=quiet_env(**env),
-    )
-    assert done.returncode == 0, f"{backend} on {devices} devices failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return dict(np.load(out))
+    with tempfile.TemporaryDirectory(prefix="parallel-") as folder:
+        out = Path(folder) / "steps.npz"
+        done = subprocess.run(
+            [sys.executable, str(STEPS_SCRIPT), backend, str(devices), str(int(sync_bn)), str(out), dtype],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=folder,
+            env=quiet_env(**env),
+        )
+        assert done.returncode == 0, (
+            f"{backend} on {devices} devices failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
+        return dict(np.load(out))
 
 
 def reference_steps(per_replica: int) -> dict[str, np.ndarray]:
