@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from resnet.data import FASHION_MNIST_CLASSES, Batches, load_dataset
+from resnet.batches import Batches
+from resnet.data import FASHION_MNIST_CLASSES, load_dataset
 from resnet.registry import REGISTRY
 
 __all__ = ["DataModule", "FashionMNIST", "HyperParameters", "Loader", "Trainer", "add_to_class"]
@@ -181,7 +182,7 @@ class FashionMNIST(DataModule):
         return [self.classes[int(i)] for i in indices]
 
     def batches(self, train: bool) -> Batches:
-        """One split as NumPy NCHW batches (``resnet.data.Batches``), shuffled per epoch when ``train``."""
+        """One split as NumPy NCHW batches (``resnet.batches.Batches``), shuffled per epoch when ``train``."""
         images, labels = self.train if train else self.val
         return Batches(images, labels, self.batch_size, self.size, shuffle=train, seed=self.seed)
 

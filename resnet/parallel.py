@@ -5,7 +5,7 @@ Every backend trains data-parallel through its framework's own engine (``resnet.
 PyTorch's DistributedDataParallel, ``jax.sharding``, ``tf.distribute``, Gluon's kvstore). What they share is
 here: a ``Plan`` says how many replicas there are (``devices`` per process times ``processes``), which process
 this is, and whether BatchNorm is synchronised across replicas. Every process reads the same global batches
-from the one NumPy pipeline (``resnet.data.Batches``, the batches of a one-device run with the same seed) and
+from the one NumPy pipeline (``resnet.batches.Batches``, the batches of a one-device run with the same seed) and
 replica ``r`` takes ``replica_slices(n)[r]`` of each; the replicas' gradients, averaged by the engine, are the
 global batch's because each replica's loss is weighted by ``loss_weights`` (its share of the batch).
 """

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from resnet.api import backend_of
+from resnet.batches import Batches, prefetch
 from resnet.contract import learning_rate_of
-from resnet.data import Batches, Dataset, prefetch
+from resnet.data import Dataset
 from resnet.faults import fault_point
 from resnet.init import initial_weights
 from resnet.interrupts import StopRequest, TrainingInterrupted, stop_requests

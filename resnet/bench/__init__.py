@@ -28,7 +28,7 @@ What is measured (``--list`` prints it), for the selected backend:
   uses the framework's grouped convolution (``groups=g`` in torch, Keras and Gluon -- Keras sends it through
   XLA -- and ``feature_group_count=g`` in Flax). ``g`` is the number of groups in both; the book's code would
   pass ``bot_channels // g``, see the README.
-* ``data_pipeline``: ``resnet.data.Batches`` turning uint8 28x28 images into shuffled float32 batches of
+* ``data_pipeline``: ``resnet.batches.Batches`` turning uint8 28x28 images into shuffled float32 batches of
   128 resized to 96x96 (batches per second; framework-free, no reference).
 * ``import_resnet`` / ``import_backend``: seconds to import ``resnet`` (no framework), and ``resnet.backends.<name>``
   against the framework alone (the reference), each in a fresh Python process.

@@ -34,7 +34,7 @@ class Context:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """One float32 NCHW batch in [0, 1) with int64 labels, as ``resnet.data.Batches`` yields them."""
+        """One float32 NCHW batch in [0, 1) with int64 labels, as ``resnet.batches.Batches`` yields them."""
         s = self.settings
         x = self.rng.random(s.input_shape, dtype=np.float32)
         return x, self.rng.integers(0, 10, s.batch_size).astype(np.int64)
@@ -140,7 +140,7 @@ def _resnext(ctx: Context, groups: int) -> dict[str, Any]:
 
 
 def _data_pipeline(ctx: Context) -> dict[str, Any]:
-    from resnet.data import Batches
+    from resnet.batches import Batches
 
     s = ctx.settings
     n = s.batch_size * s.data_batches

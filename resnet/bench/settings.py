@@ -22,7 +22,7 @@ MEASUREMENTS: dict[str, str] = {
     "resnext_g2": "ResNeXtBlock(64, 2, 1) forward+backward, native tensors",
     "resnext_g8": "ResNeXtBlock(64, 8, 1) forward+backward, native tensors",
     "resnext_g32": "ResNeXtBlock(64, 32, 1) forward+backward, native tensors",
-    "data_pipeline": "resnet.data.Batches: uint8 28x28 -> shuffled float32 batches resized",
+    "data_pipeline": "resnet.batches.Batches: uint8 28x28 -> shuffled float32 batches resized",
     "import_resnet": "import resnet (no framework), fresh process",
     "import_backend": "import resnet.backends.<name> vs the framework alone, fresh process",
     "matmul_peak": "float32 matrix product on the framework's fast path (best of the repeats)",
