@@ -200,8 +200,8 @@ class MaxPool2d(keras.layers.Layer):
         return {**super().get_config(), "kernel": self.kernel, "stride": self.stride, "padding": self.padding}
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        # TensorFlow's explicit paddings never win, as if minus infinity. Measured on a 2-core AMD EPYC (one
-        # thread, 128x48x48x64, ResNet-18's pooling at 96x96) against tf.pad with minus infinity and VALID
+        # TensorFlow's explicit paddings never win, as if minus infinity. Measured on a 2-core AMD EPYC (2
+        # threads, 128x48x48x64, ResNet-18's pooling at 96x96) against tf.pad with minus infinity and VALID
         # pooling: forward 9-12 against 54 ms (tf.pad copies the whole input), forward and backward 197 against
         # 242 ms; ResNet-18's train step the same within the noise (42.6 against 41.7 images/s).
         return tf.nn.max_pool2d(x, self.kernel, self.stride, _spatial_padding(self.padding))
@@ -216,7 +216,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     faster on a 2-core CPU (4x48x48x64: 2.7 against 1.5 ms; 128x24x24x64: 25 against 6 ms). In inference the
     running averages fold into one scale and one shift per channel, a multiply and an add over the input, which
     TensorFlow's CPU kernels run faster than the fused one: measured in ResNet-18's inference at the book's
-    settings (batch 128, 96x96, one thread), 17 layers took 79 ms in FusedBatchNormV3 against 33 this way.
+    settings (batch 128, 96x96, 2 threads), 17 layers took 79 ms in FusedBatchNormV3 against 33 this way.
     Anything else (a mask, float64, another axis, renorm, no scale or no center, ``synchronized=True``) goes
     through Keras' own ``call``.
 
