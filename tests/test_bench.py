@@ -196,3 +196,24 @@ def test_repeats_take_at_least_min_steps_unless_steps_are_fixed():
     assert bench.measure(slow, fast, settings)["ours"]["steps_per_repeat"] == 1
     fixed = bench.measure(slow, fast, bench.Settings(repeats=2, steps=2, warmup=0), min_steps=3)
     assert fixed["ours"]["steps_per_repeat"] == fixed["reference"]["steps_per_repeat"] == 2
+
+
+def test_work_a_step_leaves_queued_is_timed_on_its_own_side():
+    """A step that returns before its work is done (MXNet's engine is asynchronous) is settled before its
+    repeat's clock stops: the other side never starts with that work still queued."""
+    queued: list[str] = []
+    settled: list[str] = []
+
+    def asynchronous_step() -> None:
+        queued.append("ours")
+
+    def reference_step() -> None:
+        assert not queued, "the reference started with the other side's work still queued"
+
+    def settle() -> None:
+        settled.extend(queued)
+        queued.clear()
+
+    settings = bench.Settings(repeats=3, steps=2, warmup=1)
+    bench.measure(bench.Side(asynchronous_step, 1), bench.Side(reference_step, 1), settings, settle=settle)
+    assert settled == ["ours"] * (1 + 3 * 2) and not queued  # the warm-up's step, then 3 repeats of 2

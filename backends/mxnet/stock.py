@@ -221,6 +221,11 @@ class StockKit(Kit):
 
         return step
 
+    def wait(self) -> None:
+        # MXNet's engine runs asynchronously: a train step returns once its loss is read, with its backward pass
+        # and update still queued.
+        mx.nd.waitall()
+
     def matmul(self, n: int) -> Callable[[], None]:
         rng = np.random.default_rng(0)
         a, b = (mx.nd.array(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))

@@ -1,5 +1,6 @@
 """The timing harness: both sides of a comparison warmed up, then alternated in one process; imports timed in
-fresh processes. Framework-free: a side is any callable that waits for its own work to finish."""
+fresh processes. Framework-free: a side is any callable, and ``settle`` (the kit's ``wait``) waits for the work
+a framework that runs asynchronously still has queued."""
 
 from __future__ import annotations
 
@@ -38,29 +39,42 @@ def stats(samples: list[float], steps: int) -> dict[str, Any]:
     }
 
 
-def _steps_for(side: Side, settings: Settings, min_steps: int = 1) -> int:
+def _steps_for(side: Side, settings: Settings, min_steps: int, settle: Callable[[], None]) -> int:
     if settings.steps:
         return settings.steps
     started = time.perf_counter()
     side.step()
+    settle()
     seconds = time.perf_counter() - started
     return max(min_steps, min(1000, math.ceil(settings.target_seconds / max(seconds, 1e-9))))
 
 
+def _no_wait() -> None:
+    """Nothing queued to wait for: the step returned when its work was done."""
+
+
 def measure(
-    ours: Side, reference: Side | None, settings: Settings, best: bool = False, min_steps: int = 1
+    ours: Side,
+    reference: Side | None,
+    settings: Settings,
+    best: bool = False,
+    min_steps: int = 1,
+    settle: Callable[[], None] = _no_wait,
 ) -> dict[str, Any]:
     """Warm up both sides, then alternate them for ``settings.repeats`` repeats of at least ``min_steps``
     steps (unless ``settings.steps`` fixes them); work per second of each.
 
     Ours runs first in even repeats and the reference first in odd ones, so a drift in the machine's speed
-    (another process, thermal throttling) falls on both alike.
+    (another process, thermal throttling) falls on both alike. ``settle`` runs before each repeat's clock
+    stops: a step that returns before all of its work is done (MXNet's train step waits for its loss, not for
+    the backward pass and the update queued after it) is charged with that work, not the side timed next.
     """
     sides = [ours] if reference is None else [ours, reference]
     for _ in range(settings.warmup):
         for side in sides:
             side.step()
-    steps = [_steps_for(side, settings, min_steps) for side in sides]
+            settle()
+    steps = [_steps_for(side, settings, min_steps, settle) for side in sides]
     samples: list[list[float]] = [[] for _ in sides]
     for repeat in range(settings.repeats):
         order = range(len(sides)) if repeat % 2 == 0 else reversed(range(len(sides)))
@@ -68,6 +82,7 @@ def measure(
             started = time.perf_counter()
             for _ in range(steps[index]):
                 sides[index].step()
+            settle()
             samples[index].append(sides[index].work * steps[index] / (time.perf_counter() - started))
     result = [stats(s, n) for s, n in zip(samples, steps)]
     if best:

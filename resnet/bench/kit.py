@@ -92,6 +92,10 @@ class Kit:
         back ``output_grad`` to the gradients of every weight; both converted to native tensors beforehand."""
         raise NotImplementedError(f"{type(self).__module__}.StockKit.block_step")
 
+    def wait(self) -> None:
+        """Block until the work the framework has queued is done; the harness calls it before each repeat's
+        clock stops. A no-op here: the steps of the other frameworks return when their work is done."""
+
     def matmul(self, n: int) -> Callable[[], None]:
         """One synchronized float32 ``n`` x ``n`` matrix product on the framework's fast path."""
         raise NotImplementedError(f"{type(self).__module__}.StockKit.matmul")

@@ -82,7 +82,9 @@ def _resnet18(ctx: Context, train: bool, compiled: bool = False, book: bool = Fa
     else:
         sides = Side(lambda: ours(x), s.batch_size), Side(lambda: reference(x), s.batch_size)
     # Compiled code may recompile on its second call (guards on the training flag, BatchNorm's counters).
-    result = measure(*sides, replace(s, warmup=max(s.warmup, 3)) if compiled else s, min_steps=s.model_min_steps)
+    result = measure(
+        *sides, replace(s, warmup=max(s.warmup, 3)) if compiled else s, min_steps=s.model_min_steps, settle=kit.wait
+    )
     # Training counts 3x the forward pass (forward, and the backward's two products per layer).
     result["gflop_per_item"] = _gflop(ours_model, s.input_shape, 3 if train else 1)
     if compiled:
@@ -113,6 +115,7 @@ def _parallel_overhead(ctx: Context) -> dict[str, Any]:
         Side(lambda: plain(x, labels), s.batch_size),
         s,
         min_steps=s.model_min_steps,
+        settle=ctx.kit.wait,
     )
     result["gflop_per_item"] = _gflop(ours_model, s.input_shape, 3)
     result["reference_is"] = "ours, the plain train step (make_train_step) on the same device"
@@ -132,7 +135,7 @@ def _resnext(ctx: Context, groups: int) -> dict[str, Any]:
     output_grad = ctx.rng.standard_normal(shape, dtype=np.float32)
     ours = kit.block_step(kit.ours_block(ours_model), x, output_grad)
     reference = kit.block_step(kit.stock_resnext(shape, s.block_channels, groups, 1), x, output_grad)
-    result = measure(Side(ours, s.block_batch), Side(reference, s.block_batch), s)
+    result = measure(Side(ours, s.block_batch), Side(reference, s.block_batch), s, settle=kit.wait)
     result["gflop_per_item"] = _gflop(ours_model, shape, 3)
     result["reference_is"] = f"stock {rn.NAME} grouped convolution, {kit.fast_path}"
     result["shape"] = f"ResNeXtBlock({s.block_channels}, {groups}, 1) on NCHW {shape}"
