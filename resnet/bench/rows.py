@@ -135,7 +135,7 @@ def _resnext(ctx: Context, groups: int) -> dict[str, Any]:
     output_grad = ctx.rng.standard_normal(shape, dtype=np.float32)
     ours = kit.block_step(kit.ours_block(ours_model), x, output_grad)
     reference = kit.block_step(kit.stock_resnext(shape, s.block_channels, groups, 1), x, output_grad)
-    result = measure(Side(ours, s.block_batch), Side(reference, s.block_batch), s, settle=kit.wait)
+    result = measure(Side(ours, s.block_batch), Side(reference, s.block_batch), s)
     result["gflop_per_item"] = _gflop(ours_model, shape, 3)
     result["reference_is"] = f"stock {rn.NAME} grouped convolution, {kit.fast_path}"
     result["shape"] = f"ResNeXtBlock({s.block_channels}, {groups}, 1) on NCHW {shape}"
