@@ -206,3 +206,36 @@ if "jax" in INSTALLED:  # how XLA's CPU backend computes convolutions: JAX's alo
         assert output.dtype == got.dtype == dtype
         np.testing.assert_array_equal(output, expected, err_msg="output")
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 if dtype == "float32" else 1e-14, err_msg="gradient")
+
+    def test_jax_steps_compile_with_xla_convolutions_on_a_cpu():
+        """On a CPU the backend's jitted steps (``cpu_jit``) compile with ``CPU_COMPILER_OPTIONS``: no YNNPACK
+        fusion in the compiled program (XLA's own convolution instead), the same outputs as plain ``jax.jit``,
+        and the jitted function's own attributes (``lower``, ``_cache_size``) still there."""
+        import jax
+        from jax import lax
+        from resnet.backends.jax import layers, train
+
+        def conv(x, w):
+            return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        rng = np.random.default_rng(6)
+        x, w = rng.standard_normal((2, 6, 6, 3)).astype("float32"), rng.standard_normal((3, 3, 3, 4)).astype("float32")
+        ours = layers.cpu_jit(conv)
+        assert layers._cpu_compiler_options() == layers.CPU_COMPILER_OPTIONS  # this jaxlib takes them
+        compiled = ours.lower(x, w).compile().as_text()
+        assert "convolution(" in compiled and "__ynn_fusion" not in compiled
+        np.testing.assert_allclose(ours(x, w), jax.jit(conv)(x, w), rtol=1e-5, atol=1e-5)
+        assert ours._cache_size() == 1 and isinstance(train._sgd_step, layers.cpu_jit)
+
+    def test_jax_compiler_options_that_this_jaxlib_refuses_are_left_out(monkeypatch):
+        """A jaxlib that does not know an option (or its value) compiles with XLA's defaults instead of failing."""
+        from resnet.backends.jax import layers
+
+        monkeypatch.setattr(layers, "CPU_COMPILER_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"})
+        layers._cpu_compiler_options.cache_clear()
+        try:
+            assert layers._cpu_compiler_options() is None
+            assert float(layers.cpu_jit(lambda v: v * 2)(np.float32(3))) == 6
+        finally:
+            monkeypatch.undo()
+            layers._cpu_compiler_options.cache_clear()

@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from resnet.backends.jax.hooks import LAYOUT, dtype_of, set_variables, variables
-from resnet.backends.jax.layers import synchronised_batch_norm
+from resnet.backends.jax.layers import cpu_jit, synchronised_batch_norm
 from resnet.backends.jax.train import _in_bfloat16, _sgd_step, _static
 
 from resnet.contract import PARALLEL_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
@@ -153,7 +153,7 @@ def replicate(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8), donate_argnums=(3, 4))
+@functools.partial(cpu_jit, static_argnums=(0, 1, 2, 8), donate_argnums=(3, 4))
 def _parallel_sgd_step(
     module: nn.Module,
     mesh: Mesh,
@@ -184,7 +184,7 @@ def _parallel_sgd_step(
     return _sgd(params, grads, lr), batch_stats, loss
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 7), donate_argnums=(2, 3))
+@functools.partial(cpu_jit, static_argnums=(0, 1, 7), donate_argnums=(2, 3))
 def _uneven_sgd_step(
     module: nn.Module,
     slices: tuple[tuple[int, int], ...],

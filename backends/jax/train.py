@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from resnet.backends.jax.hooks import Variables, build, dtype_of, set_variables, to_native, to_numpy, variables
+from resnet.backends.jax.layers import cpu_jit
 
 from resnet import specs
 from resnet.contract import TRAIN_HOOKS, check_mixed_precision, declared, hook, learning_rate_of
@@ -42,7 +43,7 @@ def _static(model: nn.Module, training: bool) -> nn.Module:
 # Jitted once per architecture, for calls that repeat (a Module without weights hashes by its fields).
 # One-off calls (output_shape, forward, vjp) run eagerly: compiling ResNet-18 takes seconds, running it once
 # eagerly a fraction of one.
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(cpu_jit, static_argnums=(0, 3))
 def _inference(module: nn.Module, variables: Variables, x: jax.Array, mixed_precision: bool) -> jax.Array:
     """Inference-mode outputs, computed in bfloat16 when ``mixed_precision`` (returned as float32)."""
     if not mixed_precision:
@@ -51,7 +52,7 @@ def _inference(module: nn.Module, variables: Variables, x: jax.Array, mixed_prec
     return module.apply({**variables, "params": params}, batch).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(1, 2))
+@functools.partial(cpu_jit, static_argnums=(0, 6), donate_argnums=(1, 2))
 def _sgd_step(
     module: nn.Module,
     params: Any,
