@@ -16,6 +16,7 @@ import optax
 from flax.training import train_state
 from resnet.backends.jax.blocks import Residual, ResNeXtBlock
 from resnet.backends.jax.hooks import Variables, to_native
+from resnet.backends.jax.layers import cpu_jit
 from resnet.backends.jax.models import ResNet, ResNet18
 
 from resnet import d2l as book
@@ -146,12 +147,12 @@ def train_and_predict(
     device = try_gpu() if accelerator else cpu()
     training, inference = _in_mode(model, True), _in_mode(model, False)
 
-    @jax.jit
+    @cpu_jit  # XLA's own convolutions on a CPU, as this package's steps (layers.CPU_COMPILER_OPTIONS)
     def sgd_step(state: TrainState, X: jax.Array, Y: jax.Array) -> tuple[TrainState, jax.Array]:
         (loss, updates), grads = training.training_step(state.params, (X, Y), state)
         return state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)), loss
 
-    logits = jax.jit(inference.apply)
+    logits = cpu_jit(inference.apply)
 
     def train_step(x: np.ndarray, labels: np.ndarray, wait: bool = True) -> Any:
         batch = jax.device_put(to_batch(x, labels), device)
